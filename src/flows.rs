@@ -1,0 +1,309 @@
+//! The ADD, DEL and CHECK flows, as a library the one-shot binary (and later a node daemon)
+//! calls.
+//!
+//! ADD validates everything before the first delegate runs, records the plan in the cache, adds
+//! in order and rolls back on failure. DEL works from the cache, in reverse, best effort,
+//! idempotently. CHECK re-checks every delegate against its cached result.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::cache::{Cache, CachedAttachment, KIND, Record};
+use crate::cni::env::{CniEnv, validate_ifname};
+use crate::cni::result::convert;
+use crate::config::{NetConf, NetworkConfig, resolve_network};
+use crate::delegate::{Runner, check_available, search_path};
+use crate::error::{CniError, Code, coded};
+use crate::netns::NetNs;
+use crate::plan::{Attachment, Selection, plan};
+
+/// How long ADD waits for `readinessindicatorfile` (Multus waits 45 s).
+const READINESS_TIMEOUT: Duration = Duration::from_secs(45);
+const READINESS_POLL: Duration = Duration::from_millis(100);
+
+/// One invocation: the validated environment and multihome's config.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// The `CNI_*` environment.
+    pub env: CniEnv,
+    /// multihome's config (stdin).
+    pub conf: NetConf,
+}
+
+impl Invocation {
+    fn runner(&self) -> Runner {
+        Runner {
+            search_path: search_path(&self.conf.bin_dir, &self.env.path),
+            container_id: self.env.container_id.clone(),
+            netns: self.env.netns.clone(),
+        }
+    }
+
+    fn cache(&self) -> Cache {
+        Cache::new(&self.conf.cni_dir)
+    }
+
+    /// The networks chosen by configuration alone: `clusterNetwork` (then `defaultNetworks`,
+    /// unless the pod is in a system namespace), or the inline `delegates`.
+    fn static_selections(&self) -> Result<Vec<Selection>> {
+        let conf = &self.conf;
+        let fallback = conf.cni_version;
+        let Some(cluster) = &conf.cluster_network else {
+            return conf
+                .delegates
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    NetworkConfig::from_value(d.clone(), fallback)
+                        .map(Selection::plain)
+                        .with_context(|| format!("multihome config \"delegates\"[{i}]"))
+                })
+                .collect();
+        };
+        let mut selections = vec![Selection::plain(
+            resolve_network(cluster, &conf.conf_dir, fallback)
+                .with_context(|| format!("clusterNetwork {cluster:?}"))?,
+        )];
+        let namespace = self.env.arg("K8S_POD_NAMESPACE").unwrap_or_default();
+        if !conf.system_namespaces.iter().any(|s| s == namespace) {
+            for name in &conf.default_networks {
+                let net = resolve_network(name, &conf.conf_dir, fallback)
+                    .with_context(|| format!("defaultNetworks {name:?}"))?;
+                selections.push(Selection::plain(net));
+            }
+        }
+        Ok(selections)
+    }
+
+    fn plan(&self) -> Result<Vec<Attachment>> {
+        let attachments = plan(
+            &self.env,
+            &self.conf.runtime_config,
+            self.static_selections()?,
+        )?;
+        for att in &attachments {
+            validate_ifname(&att.ifname).with_context(|| format!("network {:?}", att.name))?;
+        }
+        Ok(attachments)
+    }
+}
+
+/// ADD: attach every planned network; returns the cluster network's result in the caller's
+/// version. On failure nothing stays attached.
+pub fn add(inv: &Invocation) -> Result<Value> {
+    wait_for_readiness(&inv.conf)?;
+    let attachments = inv.plan()?;
+    let runner = inv.runner();
+    for att in &attachments {
+        check_available(att, &runner.search_path)?;
+    }
+    let netns = NetNs::open(inv.env.netns.as_deref().unwrap_or_default())?;
+    let existing = netns.link_names()?;
+    for att in &attachments {
+        if existing.contains(&att.ifname) {
+            return Err(coded(
+                Code::InvalidConfig,
+                format!(
+                    "interface {:?} (network {:?}) already exists in {}",
+                    att.ifname,
+                    att.name,
+                    netns.path().display()
+                ),
+            ));
+        }
+    }
+
+    let cache = inv.cache();
+    let lock = cache.lock(&inv.env.container_id)?;
+    if cache
+        .load(&lock, &inv.env.container_id)
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        log::warn!(
+            "ADD for {} replaces a cache entry that no DEL removed",
+            inv.env.container_id
+        );
+    }
+    let mut record = Record {
+        kind: KIND.into(),
+        container_id: inv.env.container_id.clone(),
+        netns: inv.env.netns.clone(),
+        ifname: inv.env.ifname.clone(),
+        attachments: attachments
+            .into_iter()
+            .map(|attachment| CachedAttachment {
+                attachment,
+                result: None,
+            })
+            .collect(),
+    };
+    // Recorded before the first delegate runs: a crash mid-ADD still leaves DEL the whole plan.
+    cache.save(&lock, &record)?;
+
+    for k in 0..record.attachments.len() {
+        let att = &record.attachments[k].attachment;
+        match runner.add(att) {
+            Ok(result) => record.attachments[k].result = Some(result),
+            Err(err) => {
+                let err = err.context(format!("adding network {:?} as {}", att.name, att.ifname));
+                // Delegates k..0, the failed one included: it may have half-configured itself.
+                let cleanup = del_attachments(&runner, &record.attachments[..=k]);
+                match cleanup {
+                    Ok(()) => cache.remove(lock, &inv.env.container_id)?,
+                    Err(e) => log::error!(
+                        "rollback after failed ADD left errors (cache kept for DEL): {e:#}"
+                    ),
+                }
+                return Err(err);
+            }
+        }
+    }
+    cache.save(&lock, &record)?;
+    let first = record
+        .attachments
+        .first()
+        .and_then(|a| a.result.as_ref())
+        .context("no attachment")?;
+    let version = record.attachments[0].attachment.network.cni_version;
+    convert(first, version, inv.conf.cni_version).context("converting the cluster network's result")
+}
+
+/// DEL: detach everything ADD recorded, in reverse, best effort. Succeeds when things are
+/// already gone; with no usable cache it re-plans from the config so delegates still release
+/// their resources (IPAM) rather than leak them.
+pub fn del(inv: &Invocation) -> Result<()> {
+    let runner = inv.runner();
+    let cache = inv.cache();
+    let lock = cache.lock(&inv.env.container_id)?;
+    let from_cache = match cache.load(&lock, &inv.env.container_id) {
+        Ok(Some(record)) => Some(record.attachments),
+        Ok(None) => None,
+        Err(e) => {
+            log::warn!(
+                "ignoring unreadable cache for {}: {e:#}",
+                inv.env.container_id
+            );
+            None
+        }
+    };
+    let attachments = match from_cache {
+        Some(atts) => atts,
+        None => match inv.plan() {
+            Ok(atts) => atts
+                .into_iter()
+                .map(|attachment| CachedAttachment {
+                    attachment,
+                    result: None,
+                })
+                .collect(),
+            Err(e) => {
+                log::warn!(
+                    "no cache for {} and the config cannot be planned, nothing to delete: {e:#}",
+                    inv.env.container_id
+                );
+                return cache.remove(lock, &inv.env.container_id);
+            }
+        },
+    };
+    let outcome = del_attachments(&runner, &attachments);
+    if outcome.is_ok() || !inv.conf.retry_delete_on_error {
+        cache.remove(lock, &inv.env.container_id)?;
+    }
+    outcome
+}
+
+/// DEL of the given attachments in reverse, continuing past failures and reporting them all.
+fn del_attachments(runner: &Runner, attachments: &[CachedAttachment]) -> Result<()> {
+    let errors: Vec<String> = attachments
+        .iter()
+        .rev()
+        .filter_map(|a| {
+            runner.del(&a.attachment, a.result.as_ref()).err().map(|e| {
+                format!(
+                    "network {:?} ({}): {}",
+                    a.attachment.name,
+                    a.attachment.ifname,
+                    CniError::from_anyhow(&e).msg
+                )
+            })
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(coded(
+            Code::Internal,
+            format!(
+                "DEL failed for {} attachment(s): {}",
+                errors.len(),
+                errors.join(" | ")
+            ),
+        ))
+    }
+}
+
+/// CHECK: every delegate, in order, against its cached result.
+pub fn check(inv: &Invocation) -> Result<()> {
+    if !inv.conf.cni_version.supports_check() {
+        return Err(coded(
+            Code::IncompatibleVersion,
+            format!(
+                "config version {} does not allow CHECK (needs 0.4.0 or later)",
+                inv.conf.cni_version
+            ),
+        ));
+    }
+    let runner = inv.runner();
+    let cache = inv.cache();
+    let lock = cache.lock(&inv.env.container_id)?;
+    let record = cache.load(&lock, &inv.env.container_id)?.ok_or_else(|| {
+        coded(
+            Code::UnknownContainer,
+            format!(
+                "no attachments recorded for container {}",
+                inv.env.container_id
+            ),
+        )
+    })?;
+    for a in &record.attachments {
+        let result = a.result.as_ref().ok_or_else(|| {
+            coded(
+                Code::UnknownContainer,
+                format!(
+                    "network {:?} ({}) was never fully added",
+                    a.attachment.name, a.attachment.ifname
+                ),
+            )
+        })?;
+        runner
+            .check(&a.attachment, result)
+            .with_context(|| format!("checking network {:?}", a.attachment.name))?;
+    }
+    Ok(())
+}
+
+/// Waits (bounded) for `readinessindicatorfile`, the cluster network's signal that it is ready.
+fn wait_for_readiness(conf: &NetConf) -> Result<()> {
+    let Some(file) = &conf.readiness_indicator_file else {
+        return Ok(());
+    };
+    let start = Instant::now();
+    while !file.exists() {
+        if start.elapsed() >= READINESS_TIMEOUT {
+            return Err(coded(
+                Code::TryAgainLater,
+                format!(
+                    "readinessindicatorfile {} still missing after {}s: is the cluster network ready?",
+                    file.display(),
+                    READINESS_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+        std::thread::sleep(READINESS_POLL);
+    }
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! multihome: a Multus-style CNI meta-plugin.
+//!
+//! The runtime calls multihome as a CNI plugin; multihome calls the delegate plugins of every
+//! network the pod gets, in order, and records what it did so DEL can undo it.
+//!
+//! - [`cni`]: the protocol (environment, versions, result conversion);
+//! - [`config`]: multihome's configuration and delegate network configs;
+//! - [`plan`]: the pure plan, config + environment -> ordered attachments;
+//! - [`delegate`]: executing delegate plugins;
+//! - [`netns`]: namespaces and netlink;
+//! - [`cache`]: the per-container record;
+//! - [`flows`]: ADD, DEL and CHECK;
+//! - [`error`]: CNI error codes and the boundary mapping.
+
+pub mod cache;
+pub mod cni;
+pub mod config;
+pub mod delegate;
+pub mod error;
+pub mod flows;
+pub mod logging;
+pub mod netns;
+pub mod plan;
+
+use anyhow::Result;
+use serde_json::Value;
+
+use cni::env::{CniEnv, Command};
+use cni::version::version_reply;
+use config::NetConf;
+use error::{Code, coded};
+
+/// Runs one CNI invocation. Returns what goes to stdout on success (`None`: print nothing).
+pub fn run(env: CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
+    if env.command == Command::Version {
+        let requested = serde_json::from_slice::<Value>(stdin).ok();
+        let requested = requested
+            .as_ref()
+            .and_then(|v| v.get("cniVersion"))
+            .and_then(Value::as_str);
+        return Ok(Some(version_reply(requested)));
+    }
+    let conf = NetConf::parse(stdin)?;
+    logging::init(conf.log_level, conf.log_to_stderr, conf.log_file.as_deref())?;
+    if matches!(env.command, Command::Gc | Command::Status) {
+        let what = env.command.as_str();
+        if !conf.cni_version.supports_gc_status() {
+            return Err(coded(
+                Code::IncompatibleVersion,
+                format!("config version {} does not allow {what}", conf.cni_version),
+            ));
+        }
+        return Err(coded(
+            Code::InvalidEnv,
+            format!("CNI_COMMAND={what} is not implemented by multihome yet"),
+        ));
+    }
+    let inv = flows::Invocation { env, conf };
+    let outcome = match inv.env.command {
+        Command::Add => flows::add(&inv).map(Some),
+        Command::Del => flows::del(&inv).map(|()| None),
+        _ => flows::check(&inv).map(|()| None),
+    };
+    if let Err(e) = &outcome {
+        log::error!(
+            "{} {}: {e:#}",
+            inv.env.command.as_str(),
+            inv.env.container_id
+        );
+    }
+    outcome
+}

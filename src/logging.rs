@@ -1,0 +1,46 @@
+//! Logging to stderr and/or `logFile`, never to stdout (stdout carries the CNI result).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use log::LevelFilter;
+
+use crate::config::LogLevel;
+
+fn filter(level: LogLevel) -> LevelFilter {
+    match level {
+        LogLevel::Panic => LevelFilter::Off,
+        LogLevel::Error => LevelFilter::Error,
+        LogLevel::Verbose => LevelFilter::Info,
+        LogLevel::Debug => LevelFilter::Debug,
+    }
+}
+
+/// Installs the logger. Nothing is set up (and nothing costs) when no output is enabled.
+pub fn init(level: LogLevel, to_stderr: bool, file: Option<&Path>) -> Result<()> {
+    let level = filter(level);
+    if level == LevelFilter::Off || (!to_stderr && file.is_none()) {
+        return Ok(());
+    }
+    let mut dispatch = fern::Dispatch::new()
+        .format(|out, message, record| {
+            out.finish(format_args!(
+                "{} [{}] multihome: {}",
+                humantime::format_rfc3339_millis(std::time::SystemTime::now()),
+                record.level().as_str().to_ascii_lowercase(),
+                message
+            ))
+        })
+        .level(level);
+    if to_stderr {
+        dispatch = dispatch.chain(std::io::stderr());
+    }
+    if let Some(path) = file {
+        dispatch = dispatch.chain(
+            fern::log_file(path).with_context(|| format!("opening logFile {}", path.display()))?,
+        );
+    }
+    // A second init in one process (tests, a future daemon) keeps the first logger.
+    let _ = dispatch.apply();
+    Ok(())
+}

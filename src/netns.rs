@@ -1,0 +1,95 @@
+//! Network namespaces and netlink inside them.
+//!
+//! Netlink work for a pod runs on a dedicated, short-lived thread that enters the pod's netns
+//! and owns its own socket and single-threaded runtime; no other code ever runs on it, and the
+//! thread that executes delegates never leaves the host namespace (children inherit the forking
+//! thread's namespace, and the spec requires delegates to run in the runtime's).
+
+use std::fs::File;
+use std::future::Future;
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow};
+use futures_util::TryStreamExt;
+use netlink_packet_route::link::LinkAttribute;
+use nix::sched::{CloneFlags, setns};
+use rtnetlink::Handle;
+
+use crate::error::{Code, coded};
+
+/// An open network namespace file (`/run/netns/x`, `/proc/<pid>/ns/net`).
+#[derive(Debug)]
+pub struct NetNs {
+    file: File,
+    path: String,
+}
+
+impl NetNs {
+    /// Opens `path` (the value of `CNI_NETNS`).
+    pub fn open(path: &str) -> Result<NetNs> {
+        let file = File::open(path).map_err(|e| {
+            coded(
+                Code::InvalidEnv,
+                format!("CNI_NETNS {path:?} cannot be opened: {e}"),
+            )
+        })?;
+        Ok(NetNs {
+            file,
+            path: path.to_string(),
+        })
+    }
+
+    /// Runs `f` with a netlink handle bound to this namespace, on a dedicated thread.
+    pub fn with_netlink<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        T: Send,
+        F: FnOnce(Handle) -> Fut + Send,
+        Fut: Future<Output = Result<T>>,
+    {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // This thread is ours alone and ends with this call, so it never has to return
+                // to the host namespace.
+                setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(|e| {
+                    coded(
+                        Code::InvalidEnv,
+                        format!("CNI_NETNS {:?} is not a network namespace: {e}", self.path),
+                    )
+                })?;
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()
+                    .context("starting the netlink runtime")?;
+                runtime.block_on(async {
+                    let (connection, handle, _) =
+                        rtnetlink::new_connection().context("opening a netlink socket")?;
+                    tokio::spawn(connection);
+                    f(handle).await
+                })
+            })
+            .join()
+            .map_err(|_| anyhow!("netlink thread for {} panicked", self.path))?
+        })
+    }
+
+    /// Names of all links in the namespace.
+    pub fn link_names(&self) -> Result<Vec<String>> {
+        self.with_netlink(|handle| async move {
+            let mut links = handle.link().get().execute();
+            let mut names = Vec::new();
+            while let Some(msg) = links.try_next().await.context("listing links")? {
+                names.extend(msg.attributes.into_iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n),
+                    _ => None,
+                }));
+            }
+            Ok(names)
+        })
+        .with_context(|| format!("in netns {}", self.path))
+    }
+
+    /// The path this namespace was opened from.
+    pub fn path(&self) -> &Path {
+        Path::new(&self.path)
+    }
+}

@@ -1,0 +1,260 @@
+//! The plan: which delegate networks a container gets, in which order, under which interface
+//! names, with which `CNI_ARGS` and `runtimeConfig`. A pure function of the configuration, the
+//! environment and the resolved networks, so it can be tested (and later printed by `explain`)
+//! without touching anything.
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::cni::env::{Arg, CniEnv};
+use crate::config::NetworkConfig;
+use crate::error::{Code, coded};
+
+/// One network selected for the container, before interface names are assigned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    /// The delegate network.
+    pub network: NetworkConfig,
+    /// Display name for errors and status (e.g. `ns/name`).
+    pub name: String,
+    /// An explicitly requested interface name.
+    pub ifname: Option<String>,
+    /// Capability arguments for this attachment only.
+    pub runtime_config: Map<String, Value>,
+    /// `CNI_ARGS` pairs for this attachment only.
+    pub args: Vec<Arg>,
+}
+
+impl Selection {
+    /// A selection with no per-attachment requests.
+    pub fn plain(network: NetworkConfig) -> Self {
+        Selection {
+            name: network.name.clone(),
+            network,
+            ifname: None,
+            runtime_config: Map::new(),
+            args: Vec::new(),
+        }
+    }
+}
+
+/// One delegate call of the plan, as it will run (and as the cache records it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    /// Display name (e.g. `ns/name`).
+    pub name: String,
+    /// The delegate network.
+    pub network: NetworkConfig,
+    /// The interface name given to the delegate.
+    pub ifname: String,
+    /// The full `CNI_ARGS` the delegate gets.
+    pub cni_args: Vec<Arg>,
+    /// Capability arguments, filtered per plugin by its `capabilities` at call time.
+    pub runtime_config: Map<String, Value>,
+}
+
+/// Orders the selections into attachments. The first selection is the cluster network: it gets
+/// `CNI_IFNAME` and everything the runtime passed for the pod as a whole (extra `CNI_ARGS` such as
+/// `IP=`/`MAC=`, and `runtimeConfig`; network spec §7.5). The others get `net<index>` (index over
+/// the whole list) unless they request a name, and only their own values.
+pub fn plan(
+    env: &CniEnv,
+    pod_runtime_config: &Map<String, Value>,
+    selections: Vec<Selection>,
+) -> Result<Vec<Attachment>> {
+    let mut attachments: Vec<Attachment> = Vec::with_capacity(selections.len());
+    let mut taken: HashMap<String, usize> = HashMap::new();
+    for (index, sel) in selections.into_iter().enumerate() {
+        let cluster = index == 0;
+        let ifname = match sel.ifname {
+            Some(name) => name,
+            None if cluster => env.ifname.clone(),
+            None => format!("net{index}"),
+        };
+        if let Some(&other) = taken.get(&ifname) {
+            return Err(coded(
+                Code::InvalidConfig,
+                format!(
+                    "interface name {ifname:?} is used twice: by network {:?} (attachment {other}) and network {:?} (attachment {index})",
+                    attachments[other].name, sel.name
+                ),
+            ));
+        }
+        taken.insert(ifname.clone(), index);
+        let mut cni_args = delegate_args(&env.args, cluster);
+        for (k, v) in sel.args {
+            set_arg(&mut cni_args, k, v);
+        }
+        let runtime_config = if cluster {
+            let mut rc = pod_runtime_config.clone();
+            rc.extend(sel.runtime_config);
+            rc
+        } else {
+            sel.runtime_config
+        };
+        attachments.push(Attachment {
+            name: sel.name,
+            network: sel.network,
+            ifname,
+            cni_args,
+            runtime_config,
+        });
+    }
+    Ok(attachments)
+}
+
+/// `IgnoreUnknown=1` and the pod identity (`K8S_*`) for every delegate; the caller's other pairs
+/// only for the cluster network.
+fn delegate_args(caller: &[Arg], cluster: bool) -> Vec<Arg> {
+    let mut args = vec![("IgnoreUnknown".to_string(), "1".to_string())];
+    for (k, v) in caller {
+        if k == "IgnoreUnknown" {
+            continue;
+        }
+        if cluster || k.starts_with("K8S_") {
+            set_arg(&mut args, k.clone(), v.clone());
+        }
+    }
+    args
+}
+
+/// Sets a pair, replacing an earlier value of the same key (delegates parse `CNI_ARGS` into a
+/// map; a duplicated key is at best ignored and at worst an error).
+fn set_arg(args: &mut Vec<Arg>, key: String, value: String) {
+    match args.iter_mut().find(|(k, _)| *k == key) {
+        Some(pair) => pair.1 = value,
+        None => args.push((key, value)),
+    }
+}
+
+/// The `runtimeConfig` a plugin receives: only the capabilities it declares `true` for.
+pub fn filter_runtime_config(
+    plugin: &Value,
+    runtime_config: &Map<String, Value>,
+) -> Map<String, Value> {
+    let Some(caps) = plugin.get("capabilities").and_then(Value::as_object) else {
+        return Map::new();
+    };
+    runtime_config
+        .iter()
+        .filter(|(k, _)| caps.get(k.as_str()).and_then(Value::as_bool) == Some(true))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::cni::env::{Command, parse_args};
+    use crate::cni::version::Version;
+
+    fn env(ifname: &str, args: &str) -> CniEnv {
+        CniEnv {
+            command: Command::Add,
+            container_id: "c".into(),
+            netns: Some("/run/netns/x".into()),
+            ifname: ifname.into(),
+            args: parse_args(args).unwrap(),
+            path: vec![],
+        }
+    }
+
+    fn net(name: &str) -> NetworkConfig {
+        NetworkConfig::from_value(
+            json!({"name": name, "type": "bridge"}),
+            Version::new(1, 0, 0),
+        )
+        .unwrap()
+    }
+
+    fn names(atts: &[Attachment]) -> Vec<&str> {
+        atts.iter().map(|a| a.ifname.as_str()).collect()
+    }
+
+    #[test]
+    fn cluster_gets_cni_ifname_then_net_index() {
+        let sels = vec![
+            Selection::plain(net("a")),
+            Selection::plain(net("b")),
+            Selection::plain(net("c")),
+        ];
+        let atts = plan(&env("eth0", ""), &Map::new(), sels).unwrap();
+        assert_eq!(names(&atts), ["eth0", "net1", "net2"]);
+    }
+
+    #[test]
+    fn requested_names_keep_the_index_count() {
+        let mut b = Selection::plain(net("b"));
+        b.ifname = Some("storage".into());
+        let sels = vec![Selection::plain(net("a")), b, Selection::plain(net("c"))];
+        let atts = plan(&env("eth0", ""), &Map::new(), sels).unwrap();
+        assert_eq!(names(&atts), ["eth0", "storage", "net2"]);
+    }
+
+    #[test]
+    fn duplicate_names_are_rejected_naming_both() {
+        let sels = vec![Selection::plain(net("a")), Selection::plain(net("b"))];
+        let err = plan(&env("net1", ""), &Map::new(), sels).unwrap_err();
+        let e = crate::error::CniError::from_anyhow(&err);
+        assert_eq!(e.code, 7);
+        assert!(
+            e.msg.contains("\"net1\"") && e.msg.contains("\"a\"") && e.msg.contains("\"b\""),
+            "{}",
+            e.msg
+        );
+    }
+
+    #[test]
+    fn pod_wide_args_and_runtime_config_go_to_the_cluster_network_only() {
+        let rc: Map<String, Value> =
+            json!({"portMappings": [{"hostPort": 8080, "containerPort": 80}]})
+                .as_object()
+                .unwrap()
+                .clone();
+        let mut b = Selection::plain(net("b"));
+        b.runtime_config
+            .insert("mac".into(), json!("02:00:00:00:00:01"));
+        b.args.push(("MAC".into(), "02:00:00:00:00:01".into()));
+        let sels = vec![Selection::plain(net("a")), b];
+        let e = env(
+            "eth0",
+            "IgnoreUnknown=true;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;IP=198.18.0.5;MAC=02:00:00:00:00:09",
+        );
+        let atts = plan(&e, &rc, sels).unwrap();
+        let args = |i: usize| crate::cni::env::format_args(&atts[i].cni_args);
+        assert_eq!(
+            args(0),
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;IP=198.18.0.5;MAC=02:00:00:00:00:09"
+        );
+        assert_eq!(
+            args(1),
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;MAC=02:00:00:00:00:01"
+        );
+        assert_eq!(atts[0].runtime_config, rc);
+        assert_eq!(
+            Value::Object(atts[1].runtime_config.clone()),
+            json!({"mac": "02:00:00:00:00:01"})
+        );
+    }
+
+    #[test]
+    fn capability_filter_passes_only_declared_true_capabilities() {
+        let rc = json!({"portMappings": [1], "bandwidth": {"ingressRate": 1}, "mac": "m"});
+        let rc = rc.as_object().unwrap();
+        let plugin =
+            json!({"type": "portmap", "capabilities": {"portMappings": true, "bandwidth": false}});
+        assert_eq!(
+            Value::Object(filter_runtime_config(&plugin, rc)),
+            json!({"portMappings": [1]})
+        );
+        assert!(filter_runtime_config(&json!({"type": "bridge"}), rc).is_empty());
+        let odd = json!({"type": "x", "capabilities": {"mac": "yes"}});
+        assert!(filter_runtime_config(&odd, rc).is_empty());
+    }
+}
