@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::cache::{Cache, CachedAttachment, KIND, Record};
+use crate::cache::{Cache, CachedAttachment, KIND, Lock, Record};
 use crate::cni::env::{CniEnv, validate_ifname};
 use crate::cni::result::convert;
 use crate::config::{NetConf, NetworkConfig, resolve_network};
@@ -150,14 +150,7 @@ pub fn add(inv: &Invocation) -> Result<Value> {
             Ok(result) => record.attachments[k].result = Some(result),
             Err(err) => {
                 let err = err.context(format!("adding network {:?} as {}", att.name, att.ifname));
-                // Delegates k..0, the failed one included: it may have half-configured itself.
-                let cleanup = del_attachments(&runner, &record.attachments[..=k]);
-                match cleanup {
-                    Ok(()) => cache.remove(lock, &inv.env.container_id)?,
-                    Err(e) => log::error!(
-                        "rollback after failed ADD left errors (cache kept for DEL): {e:#}"
-                    ),
-                }
+                rollback(&runner, &cache, lock, &mut record, k)?;
                 return Err(err);
             }
         }
@@ -172,9 +165,39 @@ pub fn add(inv: &Invocation) -> Result<Value> {
     convert(first, version, inv.conf.cni_version).context("converting the cluster network's result")
 }
 
-/// DEL: detach everything ADD recorded, in reverse, best effort. Succeeds when things are
-/// already gone; with no usable cache it re-plans from the config so delegates still release
-/// their resources (IPAM) rather than leak them.
+/// Undoes a failed ADD whose attachment `failed` just failed. That delegate returned no result,
+/// and a DEL of it often fails for the very reason its ADD did (a missing master, an unsupported
+/// version): its DEL is attempted and only logged, so it cannot make every later DEL fail too.
+/// The attachments before it were fully added; if any of their DELs fails, the cache keeps just
+/// those for the runtime's DEL to retry.
+fn rollback(
+    runner: &Runner,
+    cache: &Cache,
+    lock: Lock,
+    record: &mut Record,
+    failed: usize,
+) -> Result<()> {
+    let att = &record.attachments[failed];
+    if let Err(e) = runner.del(&att.attachment, None) {
+        log::warn!(
+            "DEL of the failed network {:?} ({}): {e:#}",
+            att.attachment.name,
+            att.attachment.ifname
+        );
+    }
+    record.attachments.truncate(failed);
+    match del_attachments(runner, &record.attachments) {
+        Ok(()) => cache.remove(lock, &record.container_id),
+        Err(e) => {
+            log::error!("rollback after failed ADD left errors (cache kept for DEL): {e:#}");
+            cache.save(&lock, record)
+        }
+    }
+}
+
+/// DEL: detach everything ADD recorded, in reverse, best effort, reporting every failure. Succeeds
+/// when things are already gone; with no usable cache it re-plans from the config so delegates
+/// still release their resources (IPAM) rather than leak them.
 pub fn del(inv: &Invocation) -> Result<()> {
     let runner = inv.runner();
     let cache = inv.cache();
@@ -190,24 +213,32 @@ pub fn del(inv: &Invocation) -> Result<()> {
             None
         }
     };
-    let attachments = match from_cache {
-        Some(atts) => atts,
-        None => match inv.plan() {
-            Ok(atts) => atts
-                .into_iter()
-                .map(|attachment| CachedAttachment {
-                    attachment,
-                    result: None,
-                })
-                .collect(),
-            Err(e) => {
-                log::warn!(
-                    "no cache for {} and the config cannot be planned, nothing to delete: {e:#}",
-                    inv.env.container_id
-                );
-                return cache.remove(lock, &inv.env.container_id);
+    let Some(attachments) = from_cache else {
+        // Nothing says what was attached (no ADD, a rolled-back ADD, a lost cache): DEL every
+        // planned network so IPAM is released, but a failure here proves nothing was leaked and
+        // must not block the pod's teardown.
+        match inv.plan() {
+            Ok(atts) => {
+                let atts: Vec<_> = atts
+                    .into_iter()
+                    .map(|attachment| CachedAttachment {
+                        attachment,
+                        result: None,
+                    })
+                    .collect();
+                if let Err(e) = del_attachments(&runner, &atts) {
+                    log::warn!(
+                        "DEL without a cache entry for {}: {e:#}",
+                        inv.env.container_id
+                    );
+                }
             }
-        },
+            Err(e) => log::warn!(
+                "no cache for {} and the config cannot be planned: {e:#}",
+                inv.env.container_id
+            ),
+        }
+        return cache.remove(lock, &inv.env.container_id);
     };
     let outcome = del_attachments(&runner, &attachments);
     if outcome.is_ok() || !inv.conf.retry_delete_on_error {

@@ -1,0 +1,104 @@
+//! The binary's protocol surface: VERSION, no command, bad input, unimplemented commands.
+
+use serde_json::json;
+
+use crate::harness::run_binary;
+
+fn base_env(command: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("CNI_COMMAND", command.to_string()),
+        ("CNI_CONTAINERID", "ctr-binary".to_string()),
+        ("CNI_NETNS", "/run/netns/none".to_string()),
+        ("CNI_IFNAME", "eth0".to_string()),
+        ("CNI_PATH", "/usr/lib/cni".to_string()),
+    ]
+}
+
+fn run(vars: &[(&'static str, String)], stdin: &str) -> crate::harness::Run {
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    run_binary(None, &vars, stdin.as_bytes())
+}
+
+#[test]
+fn version_lists_every_supported_version() {
+    let out = run(
+        &[("CNI_COMMAND", "VERSION".into())],
+        r#"{"cniVersion":"0.4.0"}"#,
+    )
+    .success()
+    .stdout;
+    assert_eq!(out["cniVersion"], "0.4.0");
+    assert_eq!(
+        out["supportedVersions"],
+        json!([
+            "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"
+        ])
+    );
+    let out = run(&[("CNI_COMMAND", "VERSION".into())], "")
+        .success()
+        .stdout;
+    assert_eq!(out["cniVersion"], "1.1.0");
+}
+
+#[test]
+fn no_command_prints_about_to_stderr_and_exits_zero() {
+    let r = run(&[], "").success();
+    assert!(r.stdout_raw.is_empty());
+    assert!(
+        r.stderr.contains("multihome") && r.stderr.contains("CNI"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn bad_environment_and_stdin_give_cni_errors() {
+    let mut vars = base_env("ADD");
+    vars.retain(|(k, _)| *k != "CNI_CONTAINERID");
+    let err = run(&vars, "{}").failure();
+    assert_eq!(err["code"], 4);
+    assert!(err["msg"].as_str().unwrap().contains("CNI_CONTAINERID"));
+
+    let err = run(&base_env("ADD"), r#"{"cniVersion":"1.0.0","name":"m","#).failure();
+    assert_eq!(err["code"], 6, "{err}");
+
+    let err = run(&base_env("ADD"), r#"{"cniVersion":"1.0.0","name":"m"}"#).failure();
+    assert_eq!(err["code"], 7);
+    assert_eq!(err["cniVersion"], "1.0.0");
+
+    let err = run(
+        &base_env("ADD"),
+        r#"{"cniVersion":"0.4.0","name":"m","delegates":[{"name":"x","type":"../../bin/sh"}]}"#,
+    )
+    .failure();
+    assert_eq!(err["code"], 7);
+    assert!(err["msg"].as_str().unwrap().contains("delegates"), "{err}");
+    assert_eq!(err["cniVersion"], "0.4.0");
+
+    let err = run(
+        &base_env("ADD"),
+        r#"{"cniVersion":"1.0.0","name":"m","delegates":[{"name":"x","type":"bridge"}]}"#,
+    )
+    .failure();
+    assert_eq!(err["code"], 4, "a netns that does not exist: {err}");
+    assert!(err["msg"].as_str().unwrap().contains("CNI_NETNS"), "{err}");
+}
+
+#[test]
+fn gc_and_status_fail_cleanly_until_implemented() {
+    for command in ["GC", "STATUS"] {
+        let err = run(
+            &base_env(command),
+            r#"{"cniVersion":"1.0.0","name":"m","clusterNetwork":"x"}"#,
+        )
+        .failure();
+        assert_eq!(err["code"], 1, "{command} needs 1.1.0: {err}");
+        let err = run(
+            &base_env(command),
+            r#"{"cniVersion":"1.1.0","name":"m","clusterNetwork":"x"}"#,
+        )
+        .failure();
+        assert!(err["msg"].as_str().unwrap().contains(command), "{err}");
+        assert!(err["code"].as_u64().is_some());
+    }
+}

@@ -1,0 +1,365 @@
+//! A world per test: a "host" namespace where multihome and its delegates run (bridges, veth
+//! masters), a pod namespace, and a scratch directory for the cache, IPAM state and configs.
+//! Everything is removed on drop, also when the test fails.
+
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::{Value, json};
+
+/// Where the reference plugins live on Debian.
+pub const PLUGINS: &str = "/usr/lib/cni";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs a command and panics with its output when it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    fn create(name: String) -> Netns {
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("running ip (is iproute2 installed?)");
+        assert!(
+            out.status.success(),
+            "cannot create network namespace {name}: these tests need root and iproute2: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ns = Netns { name };
+        sh(&["ip", "-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// `ip -j addr` inside the namespace: interface name -> its global addresses (CIDR).
+    pub fn addresses(&self) -> Vec<(String, Vec<String>)> {
+        let out = sh(&["ip", "-n", &self.name, "-j", "addr", "show"]);
+        let links: Vec<Value> = serde_json::from_str(&out).expect("ip -j output");
+        links
+            .iter()
+            .map(|l| {
+                let addrs = l["addr_info"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|a| a["scope"] == "global")
+                    .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+                    .collect();
+                (l["ifname"].as_str().unwrap().to_string(), addrs)
+            })
+            .collect()
+    }
+
+    /// Interface names, loopback excluded.
+    pub fn links(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .addresses()
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| n != "lo")
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub fn addrs_of(&self, ifname: &str) -> Vec<String> {
+        self.addresses()
+            .into_iter()
+            .find(|(n, _)| n == ifname)
+            .map(|(_, a)| a)
+            .unwrap_or_default()
+    }
+
+    pub fn mtu_of(&self, ifname: &str) -> u64 {
+        let out = sh(&["ip", "-n", &self.name, "-j", "link", "show", ifname]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v[0]["mtu"].as_u64().unwrap()
+    }
+
+    pub fn exec(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// What one multihome invocation did.
+#[derive(Debug)]
+pub struct Run {
+    pub ok: bool,
+    pub stdout: Value,
+    pub stdout_raw: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Panics with everything printed unless the call succeeded.
+    pub fn success(self) -> Run {
+        assert!(
+            self.ok,
+            "multihome failed:\nstdout: {}\nstderr: {}",
+            self.stdout_raw, self.stderr
+        );
+        self
+    }
+
+    /// Panics unless the call failed; returns the CNI error object.
+    pub fn failure(self) -> Value {
+        assert!(
+            !self.ok,
+            "multihome unexpectedly succeeded:\nstdout: {}\nstderr: {}",
+            self.stdout_raw, self.stderr
+        );
+        self.stdout
+    }
+}
+
+/// One test's namespaces and scratch directory.
+pub struct World {
+    pub host: Netns,
+    pub pod: Netns,
+    pub dir: PathBuf,
+    pub container_id: String,
+}
+
+impl World {
+    pub fn new(tag: &str) -> World {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let id = format!("mh-{tag}-{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(&id);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let host = Netns::create(format!("{id}-h"));
+        let pod = Netns::create(format!("{id}-p"));
+        World {
+            host,
+            pod,
+            dir,
+            container_id: format!("ctr-{id}"),
+        }
+    }
+
+    /// A veth pair in the host namespace, both ends up; `name` serves as a macvlan master.
+    pub fn veth_master(&self, name: &str) {
+        let peer = format!("{name}p");
+        sh(&[
+            "ip",
+            "-n",
+            &self.host.name,
+            "link",
+            "add",
+            name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+        ]);
+        sh(&["ip", "-n", &self.host.name, "link", "set", name, "up"]);
+        sh(&["ip", "-n", &self.host.name, "link", "set", &peer, "up"]);
+    }
+
+    pub fn ipam_dir(&self) -> PathBuf {
+        self.dir.join("ipam")
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.dir.join("cache")
+    }
+
+    pub fn cache_file(&self) -> PathBuf {
+        self.cache_dir().join(format!("{}.json", self.container_id))
+    }
+
+    /// IPs host-local holds for `network` (files named after addresses in its data dir).
+    pub fn reserved_ips(&self, network: &str) -> Vec<IpAddr> {
+        let Ok(entries) = std::fs::read_dir(self.ipam_dir().join(network)) else {
+            return vec![];
+        };
+        entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
+    }
+
+    /// Every IP any host-local network of this world still holds.
+    pub fn all_reserved_ips(&self) -> Vec<(String, IpAddr)> {
+        let Ok(nets) = std::fs::read_dir(self.ipam_dir()) else {
+            return vec![];
+        };
+        nets.filter_map(|e| e.ok())
+            .flat_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                self.reserved_ips(&name)
+                    .into_iter()
+                    .map(move |ip| (name.clone(), ip))
+            })
+            .collect()
+    }
+
+    /// multihome's own config around `delegates`, with this world's cache directory.
+    pub fn conf(&self, version: &str, delegates: Vec<Value>) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": "multihome",
+            "type": "multihome",
+            "binDir": PLUGINS,
+            "cniDir": self.cache_dir(),
+            "logLevel": "debug",
+            "delegates": delegates,
+        })
+    }
+
+    /// host-local IPAM with its state in this world.
+    pub fn ipam(&self, subnet: &str) -> Value {
+        json!({"type": "host-local", "subnet": subnet, "dataDir": self.ipam_dir()})
+    }
+
+    /// The cluster network: bridge + host-local, gateway .1, default route, then tuning.
+    pub fn cluster_net(&self, version: &str) -> Value {
+        let mut ipam = self.ipam("198.18.0.0/24");
+        ipam["routes"] = json!([{"dst": "0.0.0.0/0"}]);
+        json!({
+            "cniVersion": version,
+            "name": "cluster",
+            "plugins": [
+                {"type": "bridge", "bridge": "mhbr0", "isGateway": true, "ipam": ipam},
+                {"type": "tuning", "mtu": 1400}
+            ]
+        })
+    }
+
+    pub fn macvlan_net(&self, version: &str, master: &str) -> Value {
+        json!({"cniVersion": version, "name": "mvnet", "type": "macvlan", "master": master, "mode": "bridge",
+               "ipam": self.ipam("198.18.1.0/24")})
+    }
+
+    pub fn ptp_net(&self, version: &str) -> Value {
+        json!({"cniVersion": version, "name": "p2p", "type": "ptp", "ipam": self.ipam("198.18.2.0/24")})
+    }
+
+    /// Runs multihome in the host namespace.
+    pub fn run(&self, command: &str, conf: &Value) -> Run {
+        self.run_with(command, conf, &[])
+    }
+
+    /// Runs multihome with extra/overridden environment variables.
+    pub fn run_with(&self, command: &str, conf: &Value, env: &[(&str, &str)]) -> Run {
+        let netns = self.pod.path();
+        let mut vars: Vec<(&str, &str)> = vec![
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", &self.container_id),
+            ("CNI_NETNS", &netns),
+            ("CNI_IFNAME", "eth0"),
+            (
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod",
+            ),
+            ("CNI_PATH", PLUGINS),
+        ];
+        for (k, v) in env {
+            vars.retain(|(key, _)| key != k);
+            vars.push((k, v));
+        }
+        run_binary(Some(&self.host.name), &vars, conf.to_string().as_bytes())
+    }
+
+    /// The cached ADD results, attachment by attachment.
+    pub fn cached_results(&self) -> Vec<(String, Value)> {
+        let bytes = std::fs::read(self.cache_file()).expect("cache file");
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        v["attachments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["ifname"].as_str().unwrap().to_string(),
+                    a["result"].clone(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs the binary (inside `netns` when given) with exactly `vars` as its CNI environment.
+pub fn run_binary(netns: Option<&str>, vars: &[(&str, &str)], stdin: &[u8]) -> Run {
+    let bin = env!("CARGO_BIN_EXE_multihome");
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, bin]);
+            c
+        }
+        None => Command::new(bin),
+    };
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CNI_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(vars.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawning multihome");
+    let mut pipe = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = pipe.write_all(&stdin);
+    });
+    let out: Output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let stdout_raw = String::from_utf8_lossy(&out.stdout).into_owned();
+    Run {
+        ok: out.status.success(),
+        stdout: serde_json::from_str(&stdout_raw).unwrap_or(Value::Null),
+        stdout_raw,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Writes `value` as JSON to `path`.
+pub fn write_json(path: &Path, value: &Value) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, serde_json::to_vec_pretty(value).unwrap()).unwrap();
+}
