@@ -2,7 +2,6 @@
 //! masters), a pod namespace, and a scratch directory for the cache, IPAM state and configs.
 //! Everything is removed on drop, also when the test fails.
 
-
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
