@@ -341,6 +341,19 @@ fn check_reports_a_broken_attachment() {
 }
 
 #[test]
+fn check_skips_networks_with_disable_check() {
+    let w = World::new("nocheck");
+    let mut p2p = w.ptp_net("1.0.0");
+    p2p["disableCheck"] = json!(true);
+    let conf = w.conf("1.0.0", vec![w.cluster_net("1.0.0"), p2p]);
+    w.run("ADD", &conf).success();
+    w.pod.exec(&["ip", "addr", "flush", "dev", "net1"]);
+    w.run("CHECK", &conf).success();
+    w.run("DEL", &conf).success();
+    assert_all_released(&w);
+}
+
+#[test]
 fn parallel_adds_for_different_pods() {
     let worlds: Vec<World> = (0..4).map(|i| World::new(&format!("par{i}"))).collect();
     std::thread::scope(|s| {

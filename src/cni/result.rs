@@ -318,6 +318,34 @@ mod tests {
         assert_eq!(down, v02_result());
     }
 
+    /// Every (from, to) pair of supported versions: the output has exactly the shape of `to`.
+    #[test]
+    fn conversion_table_over_every_version_pair() {
+        use crate::cni::version::SUPPORTED;
+        for from in SUPPORTED {
+            let source = convert(&v1_result(), v("1.1.0"), v(from)).unwrap();
+            for to in SUPPORTED {
+                let out = convert(&source, v(from), v(to))
+                    .unwrap_or_else(|e| panic!("{from} -> {to}: {e:#}"));
+                assert_eq!(out["cniVersion"], to, "{from} -> {to}");
+                match v(to).result_format() {
+                    ResultFormat::V02 => {
+                        assert_eq!(out["ip4"]["ip"], "198.18.0.2/24", "{from} -> {to}");
+                        assert!(out.get("ips").is_none(), "{from} -> {to}");
+                    }
+                    ResultFormat::V04 => {
+                        assert_eq!(out["ips"][0]["version"], "4", "{from} -> {to}");
+                        assert_eq!(out["ips"][0]["address"], "198.18.0.2/24", "{from} -> {to}");
+                    }
+                    ResultFormat::V1 => {
+                        assert!(out["ips"][0].get("version").is_none(), "{from} -> {to}");
+                        assert_eq!(out["ips"][0]["gateway"], "198.18.0.1", "{from} -> {to}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn ip_less_result_cannot_become_v02() {
         let r = json!({"cniVersion": "1.0.0", "interfaces": [{"name": "eth0"}], "dns": {}});
