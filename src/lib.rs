@@ -12,6 +12,7 @@
 //! - [`flows`]: ADD, DEL and CHECK;
 //! - [`error`]: CNI error codes and the boundary mapping.
 
+pub mod annotations;
 pub mod cache;
 pub mod cni;
 pub mod config;
