@@ -19,6 +19,7 @@ pub mod config;
 pub mod delegate;
 pub mod error;
 pub mod flows;
+pub mod k8s;
 pub mod logging;
 pub mod netns;
 pub mod plan;

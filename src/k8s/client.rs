@@ -1,0 +1,369 @@
+//! A minimal Kubernetes API client for the calls multihome makes: get a pod, get a
+//! NetworkAttachmentDefinition, merge-patch the pod's status annotations, create an event.
+//!
+//! One HTTPS connection per invocation (one TLS handshake), explicit connect and request
+//! timeouts, and a bounded retry budget for transient failures (connection errors, 5xx, 429 with
+//! `Retry-After`). API errors are reported with the Kubernetes `Status` message. The async HTTP
+//! stack runs on a current-thread runtime private to this module; callers see blocking calls.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use reqwest::{Method, StatusCode};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::access::Access;
+use crate::error::{Code, CniError, coded};
+
+/// Timeouts and retry budget for API calls.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP + TLS connection set-up.
+    pub connect: Duration,
+    /// One whole call, retries included.
+    pub total: Duration,
+    /// Attempts per call (1 = no retry).
+    pub attempts: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { connect: Duration::from_secs(2), total: Duration::from_secs(10), attempts: 3 }
+    }
+}
+
+/// Object metadata, the part of it multihome reads.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    /// `metadata.name`.
+    #[serde(default)]
+    pub name: String,
+    /// `metadata.namespace`.
+    #[serde(default)]
+    pub namespace: String,
+    /// `metadata.uid`.
+    #[serde(default)]
+    pub uid: String,
+    /// `metadata.annotations`.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// `metadata.resourceVersion`.
+    #[serde(default)]
+    pub resource_version: String,
+}
+
+/// A pod, as far as multihome reads it.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Pod {
+    /// Its metadata.
+    pub metadata: ObjectMeta,
+}
+
+impl Pod {
+    /// A static pod's mirror: its UID is not the one kubelet knows, so UID checks skip it.
+    pub fn is_static(&self) -> bool {
+        self.metadata.annotations.get("kubernetes.io/config.source").is_some_and(|s| s != "api")
+            || self.metadata.annotations.contains_key("kubernetes.io/config.mirror")
+    }
+}
+
+/// A NetworkAttachmentDefinition.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Nad {
+    /// Its metadata.
+    pub metadata: ObjectMeta,
+    /// Its spec.
+    #[serde(default)]
+    pub spec: NadSpec,
+}
+
+/// `spec` of a NetworkAttachmentDefinition.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NadSpec {
+    /// The CNI config or conflist, as a JSON string; empty means "look it up in confDir".
+    #[serde(default)]
+    pub config: String,
+}
+
+/// The API client of one invocation.
+pub struct Client {
+    http: reqwest::Client,
+    runtime: tokio::runtime::Runtime,
+    server: String,
+    token: Option<String>,
+    timeouts: Timeouts,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("server", &self.server).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client for `access`. Nothing is sent until the first call.
+    pub fn new(access: &Access, timeouts: Timeouts) -> Result<Client> {
+        let tls = tls_config(access).with_context(|| format!("TLS set-up for {}", access.server))?;
+        let mut builder = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(timeouts.connect)
+            .timeout(timeouts.total)
+            .no_proxy()
+            .pool_max_idle_per_host(1)
+            .user_agent(concat!("multihome/", env!("CARGO_PKG_VERSION")));
+        let mut server = access.server.clone();
+        if let Some(name) = &access.tls_server_name {
+            // Verify the certificate against tls-server-name while connecting to the address in
+            // `server`: address the name, and resolve it to that address.
+            let url = reqwest::Url::parse(&server).with_context(|| format!("server URL {server:?}"))?;
+            let addr = url
+                .socket_addrs(|| Some(443))
+                .with_context(|| format!("resolving {server}"))?
+                .into_iter()
+                .next()
+                .with_context(|| format!("no address for {server}"))?;
+            builder = builder.resolve(name, addr);
+            server = format!("https://{name}:{}", addr.port());
+        }
+        let http = builder.build().context("building the HTTP client")?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the API client runtime")?;
+        Ok(Client { http, runtime, server, token: access.token.clone(), timeouts })
+    }
+
+    /// `GET` a pod; `Ok(None)` when it does not exist.
+    pub fn get_pod(&self, namespace: &str, name: &str) -> Result<Option<Pod>> {
+        let path = format!("/api/v1/namespaces/{namespace}/pods/{name}");
+        match self.call(Method::GET, &path, None)? {
+            Reply::NotFound(_) => Ok(None),
+            Reply::Ok(body) => Ok(Some(decode(&body, &path)?)),
+        }
+    }
+
+    /// `GET` a NetworkAttachmentDefinition; a missing one (or a missing CRD) is an error.
+    pub fn get_nad(&self, namespace: &str, name: &str) -> Result<Nad> {
+        let path = format!("/apis/k8s.cni.cncf.io/v1/namespaces/{namespace}/network-attachment-definitions/{name}");
+        match self.call(Method::GET, &path, None)? {
+            Reply::Ok(body) => decode(&body, &path),
+            Reply::NotFound(status) => Err(coded(
+                Code::InvalidConfig,
+                format!(
+                    "NetworkAttachmentDefinition {namespace}/{name} not found ({}); is it created, and is the k8s.cni.cncf.io CRD installed?",
+                    status.message
+                ),
+            )),
+        }
+    }
+
+    /// JSON-merge-patches the pod's `status` subresource (annotations live in its metadata).
+    pub fn patch_pod_status(&self, namespace: &str, name: &str, patch: &Value) -> Result<()> {
+        let path = format!("/api/v1/namespaces/{namespace}/pods/{name}/status");
+        let body = serde_json::to_vec(patch).context("encoding patch")?;
+        match self.call(Method::PATCH, &path, Some(("application/merge-patch+json", body)))? {
+            Reply::Ok(_) => Ok(()),
+            Reply::NotFound(s) => Err(coded(Code::Internal, format!("PATCH {path}: pod not found: {}", s.message))),
+        }
+    }
+
+    /// Creates an event in `namespace`.
+    pub fn create_event(&self, namespace: &str, event: &Value) -> Result<()> {
+        let path = format!("/api/v1/namespaces/{namespace}/events");
+        let body = serde_json::to_vec(event).context("encoding event")?;
+        match self.call(Method::POST, &path, Some(("application/json", body)))? {
+            Reply::Ok(_) => Ok(()),
+            Reply::NotFound(s) => Err(coded(Code::Internal, format!("POST {path}: {}", s.message))),
+        }
+    }
+
+    fn call(&self, method: Method, path: &str, body: Option<(&str, Vec<u8>)>) -> Result<Reply> {
+        let url = format!("{}{path}", self.server);
+        let deadline = Instant::now() + self.timeouts.total;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut req = self.http.request(method.clone(), &url).header("Accept", "application/json");
+            if let Some(token) = &self.token {
+                req = req.bearer_auth(token);
+            }
+            if let Some((content_type, bytes)) = &body {
+                req = req.header("Content-Type", *content_type).body(bytes.clone());
+            }
+            let outcome = self.runtime.block_on(async {
+                let resp = req.send().await?;
+                let status = resp.status();
+                let retry_after = resp
+                    .headers()
+                    .get("Retry-After")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                let bytes = resp.bytes().await?;
+                Ok::<_, reqwest::Error>((status, retry_after, bytes.to_vec()))
+            });
+            let (retry, wait, err) = match outcome {
+                Ok((status, _, bytes)) if status.is_success() => return Ok(Reply::Ok(bytes)),
+                Ok((StatusCode::NOT_FOUND, _, bytes)) => return Ok(Reply::NotFound(ApiStatus::from_body(404, &bytes))),
+                Ok((status, retry_after, bytes)) => {
+                    let st = ApiStatus::from_body(status.as_u16(), &bytes);
+                    let transient = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+                    let wait = retry_after.map(Duration::from_secs);
+                    (transient, wait, st.into_error(&method, path))
+                }
+                Err(e) => {
+                    let transient = e.is_connect() || e.is_timeout() || e.is_request();
+                    let code = if transient { Code::TryAgainLater } else { Code::Io };
+                    (transient, None, coded(code, format!("{method} {url}: {}", error_chain(&e))))
+                }
+            };
+            let backoff = wait.unwrap_or(Duration::from_millis(100 << attempt.min(6)));
+            if !retry || attempt >= self.timeouts.attempts || Instant::now() + backoff >= deadline {
+                return Err(err);
+            }
+            log::info!("retrying {method} {path} in {backoff:?}: {err:#}");
+            std::thread::sleep(backoff);
+        }
+    }
+}
+
+enum Reply {
+    Ok(Vec<u8>),
+    NotFound(ApiStatus),
+}
+
+/// The interesting part of a Kubernetes `Status` error body.
+#[derive(Debug, Default)]
+struct ApiStatus {
+    code: u16,
+    reason: String,
+    message: String,
+}
+
+impl ApiStatus {
+    fn from_body(code: u16, body: &[u8]) -> ApiStatus {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(v) if v.get("kind").and_then(Value::as_str) == Some("Status") => ApiStatus {
+                code,
+                reason: v.get("reason").and_then(Value::as_str).unwrap_or_default().to_string(),
+                message: v.get("message").and_then(Value::as_str).unwrap_or_default().to_string(),
+            },
+            _ => ApiStatus { code, reason: String::new(), message: String::from_utf8_lossy(body).trim().to_string() },
+        }
+    }
+
+    fn into_error(self, method: &Method, path: &str) -> anyhow::Error {
+        let code = match self.code {
+            401 | 403 => Code::InvalidConfig,
+            429 | 500..=599 => Code::TryAgainLater,
+            _ => Code::Internal,
+        };
+        let hint = match self.code {
+            401 => " (the token or client certificate was rejected: is the kubeconfig current?)",
+            403 => " (RBAC does not allow this)",
+            _ => "",
+        };
+        let reason = if self.reason.is_empty() { String::new() } else { format!(" {}", self.reason) };
+        CniError::new(code, format!("{method} {path}: {}{reason}: {}{hint}", self.code, self.message)).into()
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(body: &[u8], path: &str) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| coded(Code::Decode, format!("decoding {path}: {e}")))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn tls_config(access: &Access) -> Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?;
+    let builder = if access.insecure {
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+    } else {
+        let ca = access.ca_pem.as_deref().ok_or_else(|| {
+            coded(
+                Code::InvalidConfig,
+                format!("no certificate-authority for {}: set certificate-authority(-data) in the kubeconfig", access.server),
+            )
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca) {
+            let cert = cert.map_err(|e| coded(Code::InvalidConfig, format!("certificate-authority: {e}")))?;
+            roots.add(cert).map_err(|e| coded(Code::InvalidConfig, format!("certificate-authority: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(coded(Code::InvalidConfig, "certificate-authority holds no PEM certificate"));
+        }
+        builder.with_root_certificates(roots)
+    };
+    match (&access.client_cert_pem, &access.client_key_pem) {
+        (Some(cert), Some(key)) => {
+            let certs = CertificateDer::pem_slice_iter(cert)
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| coded(Code::InvalidConfig, format!("client-certificate: {e}")))?;
+            let key = PrivateKeyDer::from_pem_slice(key)
+                .map_err(|e| coded(Code::InvalidConfig, format!("client-key: {e}")))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| coded(Code::InvalidConfig, format!("client certificate and key: {e}")))
+        }
+        (None, None) => Ok(builder.with_no_client_auth()),
+        _ => Err(coded(Code::InvalidConfig, "client-certificate and client-key must be given together")),
+    }
+}
+
+/// `insecure-skip-tls-verify`: the operator asked not to verify the server. Signatures are still
+/// checked so the handshake itself is sound.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
