@@ -5,6 +5,7 @@
 //! `clusterNetwork`/`defaultNetworks` from files, directories or `confDir`.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,7 @@ use serde_json::{Map, Value};
 use crate::cni::env::is_valid_name;
 use crate::cni::version::Version;
 use crate::error::{CniError, Code, coded};
+use crate::k8s::Timeouts;
 
 /// Default `confDir`, as in Multus.
 pub const DEFAULT_CONF_DIR: &str = "/etc/cni/multus/net.d";
@@ -79,6 +81,10 @@ struct Wire {
     auxiliary_c_n_i_chain_name: Option<String>,
     #[serde(default)]
     log_options: Map<String, Value>,
+    api_connect_timeout: Option<f64>,
+    api_timeout: Option<f64>,
+    api_attempts: Option<u32>,
+    kubelet_checkpoint_file: Option<PathBuf>,
 }
 
 /// multihome's validated configuration, with Multus defaults applied.
@@ -128,6 +134,21 @@ pub struct NetConf {
     pub auxiliary_cni_chain_name: Option<String>,
     /// `logOptions` (rotation settings; accepted for compatibility).
     pub log_options: Map<String, Value>,
+    /// `apiConnectTimeout`, `apiTimeout` (seconds) and `apiAttempts`.
+    pub api_timeouts: Timeouts,
+    /// `kubeletCheckpointFile`: where device-plugin allocations are read for `resourceName`.
+    pub kubelet_checkpoint_file: PathBuf,
+}
+
+/// Default `kubeletCheckpointFile`.
+pub const DEFAULT_CHECKPOINT_FILE: &str = "/var/lib/kubelet/device-plugins/kubelet_internal_checkpoint";
+
+fn seconds(key: &str, value: Option<f64>, default: Duration) -> Result<Duration> {
+    match value {
+        None => Ok(default),
+        Some(s) if s.is_finite() && s > 0.0 && s <= 3600.0 => Ok(Duration::from_secs_f64(s)),
+        Some(s) => Err(coded(Code::InvalidConfig, format!("multihome config {key:?}: {s} is not a number of seconds in (0, 3600]"))),
+    }
 }
 
 impl NetConf {
@@ -183,6 +204,16 @@ impl NetConf {
                 .map(String::from)
                 .collect(),
         };
+        let defaults = Timeouts::default();
+        let api_timeouts = Timeouts {
+            connect: seconds("apiConnectTimeout", wire.api_connect_timeout, defaults.connect)?,
+            total: seconds("apiTimeout", wire.api_timeout, defaults.total)?,
+            attempts: match wire.api_attempts {
+                None => defaults.attempts,
+                Some(n @ 1..=10) => n,
+                Some(n) => return Err(coded(Code::InvalidConfig, format!("multihome config \"apiAttempts\": {n} is not in 1..=10"))),
+            },
+        };
         Ok(NetConf {
             cni_version,
             name,
@@ -212,6 +243,8 @@ impl NetConf {
                 .unwrap_or_else(|| "kube-system".into()),
             auxiliary_cni_chain_name: wire.auxiliary_c_n_i_chain_name.filter(|s| !s.is_empty()),
             log_options: wire.log_options,
+            api_timeouts,
+            kubelet_checkpoint_file: wire.kubelet_checkpoint_file.unwrap_or_else(|| DEFAULT_CHECKPOINT_FILE.into()),
         })
     }
 }
@@ -457,6 +490,10 @@ mod tests {
         assert_eq!(c.system_namespaces, vec!["kube-system"]);
         assert_eq!(c.multus_namespace, "kube-system");
         assert_eq!(c.log_level, LogLevel::Error);
+        assert_eq!(c.api_timeouts.connect, Duration::from_secs(2));
+        assert_eq!(c.api_timeouts.total, Duration::from_secs(10));
+        assert_eq!(c.api_timeouts.attempts, 3);
+        assert_eq!(c.kubelet_checkpoint_file, PathBuf::from(DEFAULT_CHECKPOINT_FILE));
     }
 
     #[test]
@@ -471,6 +508,7 @@ mod tests {
                 "logToStderr": false, "readinessindicatorfile": "/r", "retryDeleteOnError": true,
                 "namespaceIsolation": true, "globalNamespaces": "default, shared ,", "systemNamespaces": ["a", "b"],
                 "multusNamespace": "multus", "auxiliaryCNIChainName": "aux", "logOptions": {"maxAge": 5},
+                "apiConnectTimeout": 0.5, "apiTimeout": 3, "apiAttempts": 1, "kubeletCheckpointFile": "/cp",
                 "unknownKey": {"ignored": true}
             })
             .to_string()
@@ -490,6 +528,9 @@ mod tests {
         assert_eq!(c.multus_namespace, "multus");
         assert_eq!(c.readiness_indicator_file, Some(PathBuf::from("/r")));
         assert_eq!(c.auxiliary_cni_chain_name.as_deref(), Some("aux"));
+        assert_eq!(c.api_timeouts.connect, Duration::from_millis(500));
+        assert_eq!((c.api_timeouts.total, c.api_timeouts.attempts), (Duration::from_secs(3), 1));
+        assert_eq!(c.kubelet_checkpoint_file, PathBuf::from("/cp"));
         assert_eq!(
             c.kubeconfig,
             Some(PathBuf::from("/etc/cni/net.d/multus.d/multus.kubeconfig"))

@@ -148,18 +148,12 @@ impl Client {
         }
     }
 
-    /// `GET` a NetworkAttachmentDefinition; a missing one (or a missing CRD) is an error.
-    pub fn get_nad(&self, namespace: &str, name: &str) -> Result<Nad> {
+    /// `GET` a NetworkAttachmentDefinition; `Ok(None)` when it (or its CRD) does not exist.
+    pub fn get_nad(&self, namespace: &str, name: &str) -> Result<Option<Nad>> {
         let path = format!("/apis/k8s.cni.cncf.io/v1/namespaces/{namespace}/network-attachment-definitions/{name}");
         match self.call(Method::GET, &path, None)? {
-            Reply::Ok(body) => decode(&body, &path),
-            Reply::NotFound(status) => Err(coded(
-                Code::InvalidConfig,
-                format!(
-                    "NetworkAttachmentDefinition {namespace}/{name} not found ({}); is it created, and is the k8s.cni.cncf.io CRD installed?",
-                    status.message
-                ),
-            )),
+            Reply::Ok(body) => Ok(Some(decode(&body, &path)?)),
+            Reply::NotFound(_) => Ok(None),
         }
     }
 

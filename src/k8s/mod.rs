@@ -2,6 +2,7 @@
 //! small client for the handful of calls multihome makes ([`client`]).
 
 pub mod access;
+pub mod checkpoint;
 pub mod client;
 
 pub use access::Access;
