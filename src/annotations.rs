@@ -113,7 +113,10 @@ pub fn parse_networks(annotation: &str, default_namespace: &str) -> Result<Vec<N
             .enumerate()
             .map(|(i, item)| {
                 parse_short(item.trim(), default_namespace).map_err(|e| {
-                    coded(Code::InvalidConfig, format!("networks annotation element {i} ({:?}): {e}", item.trim()))
+                    coded(
+                        Code::InvalidConfig,
+                        format!("networks annotation element {i} ({:?}): {e}", item.trim()),
+                    )
                 })
             })
             .collect()
@@ -121,7 +124,10 @@ pub fn parse_networks(annotation: &str, default_namespace: &str) -> Result<Vec<N
 }
 
 /// `[namespace/]name[@interface]`.
-fn parse_short(item: &str, default_namespace: &str) -> std::result::Result<NetworkSelection, String> {
+fn parse_short(
+    item: &str,
+    default_namespace: &str,
+) -> std::result::Result<NetworkSelection, String> {
     if item.is_empty() {
         return Err("empty element".into());
     }
@@ -150,24 +156,40 @@ fn parse_short(item: &str, default_namespace: &str) -> std::result::Result<Netwo
 }
 
 fn parse_json(text: &str, default_namespace: &str) -> Result<Vec<NetworkSelection>> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| coded(Code::InvalidConfig, format!("networks annotation is not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        coded(
+            Code::InvalidConfig,
+            format!("networks annotation is not valid JSON: {e}"),
+        )
+    })?;
     let Value::Array(items) = value else {
-        return Err(coded(Code::InvalidConfig, "networks annotation: JSON form must be a list of selection elements"));
+        return Err(coded(
+            Code::InvalidConfig,
+            "networks annotation: JSON form must be a list of selection elements",
+        ));
     };
     items
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            parse_element(item, default_namespace)
-                .map_err(|e| coded(Code::InvalidConfig, format!("networks annotation element {i} ({item}): {e}")))
+            parse_element(item, default_namespace).map_err(|e| {
+                coded(
+                    Code::InvalidConfig,
+                    format!("networks annotation element {i} ({item}): {e}"),
+                )
+            })
         })
         .collect()
 }
 
 /// One JSON selection element. Unknown keys are ignored (the spec reserves them for extensions).
-pub fn parse_element(item: &Value, default_namespace: &str) -> std::result::Result<NetworkSelection, String> {
-    let Value::Object(obj) = item else { return Err("not a JSON object".into()) };
+pub fn parse_element(
+    item: &Value,
+    default_namespace: &str,
+) -> std::result::Result<NetworkSelection, String> {
+    let Value::Object(obj) = item else {
+        return Err("not a JSON object".into());
+    };
     let string = |key: &str| -> std::result::Result<Option<String>, String> {
         match obj.get(key) {
             None | Some(Value::Null) => Ok(None),
@@ -175,9 +197,13 @@ pub fn parse_element(item: &Value, default_namespace: &str) -> std::result::Resu
             Some(_) => Err(format!("{key:?} must be a string")),
         }
     };
-    let name = string("name")?.filter(|s| !s.is_empty()).ok_or("\"name\" is required")?;
+    let name = string("name")?
+        .filter(|s| !s.is_empty())
+        .ok_or("\"name\" is required")?;
     check_name(&name)?;
-    let namespace = string("namespace")?.filter(|s| !s.is_empty()).unwrap_or_else(|| default_namespace.into());
+    let namespace = string("namespace")?
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| default_namespace.into());
     check_namespace(&namespace)?;
     let interface = match string("interface")?.filter(|s| !s.is_empty()) {
         Some(i) => Some(i),
@@ -191,7 +217,9 @@ pub fn parse_element(item: &Value, default_namespace: &str) -> std::result::Resu
         Some(Value::Array(list)) => list
             .iter()
             .map(|ip| match ip.as_str() {
-                Some(s) if s.parse::<IpAddr>().is_ok() || s.parse::<IpNetwork>().is_ok() => Ok(s.to_string()),
+                Some(s) if s.parse::<IpAddr>().is_ok() || s.parse::<IpNetwork>().is_ok() => {
+                    Ok(s.to_string())
+                }
                 _ => Err(format!("\"ips\": {ip} is not an IP address or CIDR")),
             })
             .collect::<std::result::Result<_, _>>()?,
@@ -231,7 +259,9 @@ pub fn parse_element(item: &Value, default_namespace: &str) -> std::result::Resu
         Some(Value::Object(bw)) => {
             for (k, v) in bw {
                 if !v.is_u64() {
-                    return Err(format!("\"bandwidth\".{k:?} must be a non-negative integer"));
+                    return Err(format!(
+                        "\"bandwidth\".{k:?} must be a non-negative integer"
+                    ));
                 }
             }
             Some(Value::Object(bw.clone()))
@@ -267,7 +297,9 @@ fn check_port_mapping(pm: &Value) -> std::result::Result<(), String> {
     let port = |key: &str, required: bool| match pm.get(key) {
         None if !required => Ok(()),
         Some(v) if v.as_u64().is_some_and(|p| (1..=65535).contains(&p)) => Ok(()),
-        _ => Err(format!("\"portMappings\": {pm}: {key:?} must be a port number")),
+        _ => Err(format!(
+            "\"portMappings\": {pm}: {key:?} must be a port number"
+        )),
     };
     if !pm.is_object() {
         return Err(format!("\"portMappings\": {pm} is not an object"));
@@ -276,15 +308,22 @@ fn check_port_mapping(pm: &Value) -> std::result::Result<(), String> {
     port("hostPort", false)?;
     match pm.get("protocol") {
         None => Ok(()),
-        Some(Value::String(p)) if ["tcp", "udp", "sctp"].contains(&p.to_ascii_lowercase().as_str()) => Ok(()),
-        Some(p) => Err(format!("\"portMappings\": protocol {p} must be tcp, udp or sctp")),
+        Some(Value::String(p))
+            if ["tcp", "udp", "sctp"].contains(&p.to_ascii_lowercase().as_str()) =>
+        {
+            Ok(())
+        }
+        Some(p) => Err(format!(
+            "\"portMappings\": protocol {p} must be tcp, udp or sctp"
+        )),
     }
 }
 
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -294,7 +333,9 @@ fn check_name(name: &str) -> std::result::Result<(), String> {
     if name.len() <= 253 && name.split('.').all(is_dns_label) {
         Ok(())
     } else {
-        Err(format!("network name {name:?} is not a valid DNS-1123 name (lower case alphanumerics, '-', '.')"))
+        Err(format!(
+            "network name {name:?} is not a valid DNS-1123 name (lower case alphanumerics, '-', '.')"
+        ))
     }
 }
 
@@ -312,7 +353,10 @@ fn check_interface(name: &str) -> std::result::Result<(), String> {
 
 fn is_mac(s: &str) -> bool {
     let parts: Vec<&str> = s.split([':', '-']).collect();
-    matches!(parts.len(), 6 | 8 | 20) && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+    matches!(parts.len(), 6 | 8 | 20)
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Parses `v1.multus-cni.io/default-network`: exactly one element, default namespace
@@ -322,7 +366,10 @@ pub fn parse_default_network(annotation: &str, multus_namespace: &str) -> Result
     if list.len() != 1 {
         return Err(coded(
             Code::InvalidConfig,
-            format!("{DEFAULT_NETWORK} must name exactly one network, got {}: {annotation:?}", list.len()),
+            format!(
+                "{DEFAULT_NETWORK} must name exactly one network, got {}: {annotation:?}",
+                list.len()
+            ),
         ));
     }
     Ok(list.remove(0))
@@ -351,8 +398,15 @@ pub fn network_status(inputs: &[StatusInput<'_>]) -> Value {
 fn status_entry(input: &StatusInput<'_>) -> Value {
     let r = input.result;
     let empty = Vec::new();
-    let ifaces = r.get("interfaces").and_then(Value::as_array).unwrap_or(&empty);
-    let in_sandbox = |i: &Value| i.get("sandbox").and_then(Value::as_str).is_some_and(|s| !s.is_empty());
+    let ifaces = r
+        .get("interfaces")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
+    let in_sandbox = |i: &Value| {
+        i.get("sandbox")
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty())
+    };
     let index = ifaces
         .iter()
         .position(|i| in_sandbox(i) && i.get("name").and_then(Value::as_str) == Some(input.ifname))
@@ -379,15 +433,24 @@ fn status_entry(input: &StatusInput<'_>) -> Value {
         entry.insert("ips".into(), json!(addrs));
     }
     if let Some(iface) = index.map(|i| &ifaces[i]) {
-        if let Some(mac) = iface.get("mac").filter(|m| m.as_str().is_some_and(|s| !s.is_empty())) {
+        if let Some(mac) = iface
+            .get("mac")
+            .filter(|m| m.as_str().is_some_and(|s| !s.is_empty()))
+        {
             entry.insert("mac".into(), mac.clone());
         }
-        if let Some(mtu) = iface.get("mtu").filter(|m| m.as_u64().is_some_and(|m| m > 0)) {
+        if let Some(mtu) = iface
+            .get("mtu")
+            .filter(|m| m.as_u64().is_some_and(|m| m > 0))
+        {
             entry.insert("mtu".into(), mtu.clone());
         }
     }
     entry.insert("default".into(), json!(input.default));
-    entry.insert("dns".into(), r.get("dns").cloned().unwrap_or_else(|| json!({})));
+    entry.insert(
+        "dns".into(),
+        r.get("dns").cloned().unwrap_or_else(|| json!({})),
+    );
     let gateways = default_gateways(r, &ips);
     if !gateways.is_empty() {
         entry.insert("gateway".into(), json!(gateways));
@@ -397,20 +460,37 @@ fn status_entry(input: &StatusInput<'_>) -> Value {
 
 fn default_gateways(result: &Value, ips: &[&Value]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for route in result.get("routes").and_then(Value::as_array).into_iter().flatten() {
-        let Some(dst) = route.get("dst").and_then(Value::as_str).and_then(|d| d.parse::<IpNetwork>().ok()) else {
+    for route in result
+        .get("routes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(dst) = route
+            .get("dst")
+            .and_then(Value::as_str)
+            .and_then(|d| d.parse::<IpNetwork>().ok())
+        else {
             continue;
         };
         if dst.prefix() != 0 {
             continue;
         }
-        let gw = route.get("gw").and_then(Value::as_str).map(String::from).or_else(|| {
-            ips.iter().find_map(|ip| {
-                let addr = ip.get("address").and_then(Value::as_str)?.parse::<IpNetwork>().ok()?;
-                let gw = ip.get("gateway").and_then(Value::as_str)?;
-                (addr.is_ipv4() == dst.is_ipv4()).then(|| gw.to_string())
-            })
-        });
+        let gw = route
+            .get("gw")
+            .and_then(Value::as_str)
+            .map(String::from)
+            .or_else(|| {
+                ips.iter().find_map(|ip| {
+                    let addr = ip
+                        .get("address")
+                        .and_then(Value::as_str)?
+                        .parse::<IpNetwork>()
+                        .ok()?;
+                    let gw = ip.get("gateway").and_then(Value::as_str)?;
+                    (addr.is_ipv4() == dst.is_ipv4()).then(|| gw.to_string())
+                })
+            });
         if let Some(gw) = gw.filter(|g| !out.contains(g)) {
             out.push(gw);
         }
@@ -424,7 +504,10 @@ mod tests {
     use crate::error::CniError;
 
     /// (annotation, Ok(expected qualified names and interfaces) | Err(fragment of the message))
-    type Case = (&'static str, std::result::Result<Vec<(&'static str, Option<&'static str>)>, &'static str>);
+    type Case = (
+        &'static str,
+        std::result::Result<Vec<(&'static str, Option<&'static str>)>, &'static str>,
+    );
 
     #[test]
     fn annotation_table() {
@@ -456,38 +539,107 @@ mod tests {
             ("a@et h0", Err("whitespace")),
             ("a@..", Err("not a valid name")),
             (r#"[{"name":"a"}]"#, Ok(vec![("pods/a", None)])),
-            (r#"[{"name":"a","namespace":"x","interface":"sto0"}]"#, Ok(vec![("x/a", Some("sto0"))])),
-            (r#"[{"name":"a","interfaceRequest":"legacy0"}]"#, Ok(vec![("pods/a", Some("legacy0"))])),
-            (r#"[{"name":"a","interface":"new0","interfaceRequest":"old0"}]"#, Ok(vec![("pods/a", Some("new0"))])),
-            (r#"[{"name":"a","unknownKey":{"x":1}}]"#, Ok(vec![("pods/a", None)])),
-            (r#"[{"name":"a"},{"name":"b","namespace":"o"}]"#, Ok(vec![("pods/a", None), ("o/b", None)])),
+            (
+                r#"[{"name":"a","namespace":"x","interface":"sto0"}]"#,
+                Ok(vec![("x/a", Some("sto0"))]),
+            ),
+            (
+                r#"[{"name":"a","interfaceRequest":"legacy0"}]"#,
+                Ok(vec![("pods/a", Some("legacy0"))]),
+            ),
+            (
+                r#"[{"name":"a","interface":"new0","interfaceRequest":"old0"}]"#,
+                Ok(vec![("pods/a", Some("new0"))]),
+            ),
+            (
+                r#"[{"name":"a","unknownKey":{"x":1}}]"#,
+                Ok(vec![("pods/a", None)]),
+            ),
+            (
+                r#"[{"name":"a"},{"name":"b","namespace":"o"}]"#,
+                Ok(vec![("pods/a", None), ("o/b", None)]),
+            ),
             ("[]", Ok(vec![])),
-            (r#"[{"name":"a","ips":["198.18.5.5/24","2001:db8::5"]}]"#, Ok(vec![("pods/a", None)])),
-            (r#"[{"name":"a","mac":"02:00:00:00:00:01"}]"#, Ok(vec![("pods/a", None)])),
-            (r#"[{"name":"a","default-route":[]}]"#, Ok(vec![("pods/a", None)])),
-            (r#"[{"name":"a","portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"TCP"}]}]"#, Ok(vec![("pods/a", None)])),
-            (r#"[{"name":"a","bandwidth":{"ingressRate":1000,"ingressBurst":100}}]"#, Ok(vec![("pods/a", None)])),
-            (r#"[{"name":"a","cni-args":{"foo":"bar"}}]"#, Ok(vec![("pods/a", None)])),
+            (
+                r#"[{"name":"a","ips":["198.18.5.5/24","2001:db8::5"]}]"#,
+                Ok(vec![("pods/a", None)]),
+            ),
+            (
+                r#"[{"name":"a","mac":"02:00:00:00:00:01"}]"#,
+                Ok(vec![("pods/a", None)]),
+            ),
+            (
+                r#"[{"name":"a","default-route":[]}]"#,
+                Ok(vec![("pods/a", None)]),
+            ),
+            (
+                r#"[{"name":"a","portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"TCP"}]}]"#,
+                Ok(vec![("pods/a", None)]),
+            ),
+            (
+                r#"[{"name":"a","bandwidth":{"ingressRate":1000,"ingressBurst":100}}]"#,
+                Ok(vec![("pods/a", None)]),
+            ),
+            (
+                r#"[{"name":"a","cni-args":{"foo":"bar"}}]"#,
+                Ok(vec![("pods/a", None)]),
+            ),
             (r#"[{"namespace":"x"}]"#, Err("\"name\" is required")),
             (r#"[{"name":""}]"#, Err("\"name\" is required")),
             (r#"[{"name":5}]"#, Err("\"name\" must be a string")),
             (r#"{"name":"a"}"#, Err("must be a list")),
             (r#"[{"name":"a"}"#, Err("not valid JSON")),
             (r#"["a"]"#, Err("not a JSON object")),
-            (r#"[{"name":"a","ips":"198.18.0.1"}]"#, Err("\"ips\" must be a list")),
-            (r#"[{"name":"a","ips":["198.18.0.300"]}]"#, Err("not an IP address or CIDR")),
-            (r#"[{"name":"a","mac":"02:00:00:00:01"}]"#, Err("not a MAC address")),
-            (r#"[{"name":"a","mac":"zz:00:00:00:00:01"}]"#, Err("not a MAC address")),
-            (r#"[{"name":"a","default-route":"198.18.0.1"}]"#, Err("\"default-route\" must be a list")),
-            (r#"[{"name":"a","default-route":["gw"]}]"#, Err("not an IP address")),
-            (r#"[{"name":"a","portMappings":[{"hostPort":8080}]}]"#, Err("containerPort")),
-            (r#"[{"name":"a","portMappings":[{"containerPort":80,"protocol":"icmp"}]}]"#, Err("protocol")),
-            (r#"[{"name":"a","portMappings":{"containerPort":80}}]"#, Err("must be a list")),
-            (r#"[{"name":"a","bandwidth":{"ingressRate":"fast"}}]"#, Err("ingressRate")),
-            (r#"[{"name":"a","cni-args":["x"]}]"#, Err("\"cni-args\" must be an object")),
+            (
+                r#"[{"name":"a","ips":"198.18.0.1"}]"#,
+                Err("\"ips\" must be a list"),
+            ),
+            (
+                r#"[{"name":"a","ips":["198.18.0.300"]}]"#,
+                Err("not an IP address or CIDR"),
+            ),
+            (
+                r#"[{"name":"a","mac":"02:00:00:00:01"}]"#,
+                Err("not a MAC address"),
+            ),
+            (
+                r#"[{"name":"a","mac":"zz:00:00:00:00:01"}]"#,
+                Err("not a MAC address"),
+            ),
+            (
+                r#"[{"name":"a","default-route":"198.18.0.1"}]"#,
+                Err("\"default-route\" must be a list"),
+            ),
+            (
+                r#"[{"name":"a","default-route":["gw"]}]"#,
+                Err("not an IP address"),
+            ),
+            (
+                r#"[{"name":"a","portMappings":[{"hostPort":8080}]}]"#,
+                Err("containerPort"),
+            ),
+            (
+                r#"[{"name":"a","portMappings":[{"containerPort":80,"protocol":"icmp"}]}]"#,
+                Err("protocol"),
+            ),
+            (
+                r#"[{"name":"a","portMappings":{"containerPort":80}}]"#,
+                Err("must be a list"),
+            ),
+            (
+                r#"[{"name":"a","bandwidth":{"ingressRate":"fast"}}]"#,
+                Err("ingressRate"),
+            ),
+            (
+                r#"[{"name":"a","cni-args":["x"]}]"#,
+                Err("\"cni-args\" must be an object"),
+            ),
             (r#"[{"name":"a","interface":"a/b"}]"#, Err("interface name")),
             (r#"[{"name":"a","namespace":"NS"}]"#, Err("namespace")),
-            (r#"[{"name":"a","ips":["198.18.0.1"],"ipam-claim-reference":"c"}]"#, Err("cannot be combined")),
+            (
+                r#"[{"name":"a","ips":["198.18.0.1"],"ipam-claim-reference":"c"}]"#,
+                Err("cannot be combined"),
+            ),
             (r#"[{"name":"a"},{"name":"B"}]"#, Err("element 1")),
         ];
         assert!(cases.len() >= 40);
@@ -495,17 +647,29 @@ mod tests {
             let got = parse_networks(input, "pods");
             match (expected, got) {
                 (Ok(want), Ok(got)) => {
-                    let got: Vec<(String, Option<String>)> =
-                        got.iter().map(|s| (s.qualified_name(), s.interface.clone())).collect();
-                    let want: Vec<(String, Option<String>)> =
-                        want.iter().map(|(n, i)| (n.to_string(), i.map(String::from))).collect();
+                    let got: Vec<(String, Option<String>)> = got
+                        .iter()
+                        .map(|s| (s.qualified_name(), s.interface.clone()))
+                        .collect();
+                    let want: Vec<(String, Option<String>)> = want
+                        .iter()
+                        .map(|(n, i)| (n.to_string(), i.map(String::from)))
+                        .collect();
                     assert_eq!(got, want, "{input}");
                 }
                 (Err(fragment), Err(e)) => {
                     let e = CniError::from_anyhow(&e);
                     assert_eq!(e.code, 7, "{input}");
-                    assert!(e.msg.contains(fragment), "{input}: {:?} lacks {fragment:?}", e.msg);
-                    assert!(e.msg.starts_with("networks annotation"), "{input}: {}", e.msg);
+                    assert!(
+                        e.msg.contains(fragment),
+                        "{input}: {:?} lacks {fragment:?}",
+                        e.msg
+                    );
+                    assert!(
+                        e.msg.starts_with("networks annotation"),
+                        "{input}: {}",
+                        e.msg
+                    );
                 }
                 (want, got) => panic!("{input}: wanted {want:?}, got {got:?}"),
             }
@@ -516,7 +680,10 @@ mod tests {
     fn errors_quote_the_bad_element() {
         let e = parse_networks(r#"[{"name":"ok"},{"name":"bad","mac":"nope"}]"#, "d").unwrap_err();
         let msg = CniError::from_anyhow(&e).msg;
-        assert!(msg.contains(r#"element 1 ({"name":"bad","mac":"nope"})"#), "{msg}");
+        assert!(
+            msg.contains(r#"element 1 ({"name":"bad","mac":"nope"})"#),
+            "{msg}"
+        );
         let e = parse_networks("good, Bad", "d").unwrap_err();
         assert!(CniError::from_anyhow(&e).msg.contains("\"Bad\""));
     }
@@ -538,14 +705,24 @@ mod tests {
         assert_eq!(rc["portMappings"][0]["hostPort"], 8080);
         assert_eq!(rc["bandwidth"]["egressRate"], 10);
         assert_eq!(rc["deviceID"], "0000:03:00.1");
-        assert_eq!(s.default_route, Some(vec!["198.18.5.1".parse::<IpAddr>().unwrap()]));
+        assert_eq!(
+            s.default_route,
+            Some(vec!["198.18.5.1".parse::<IpAddr>().unwrap()])
+        );
         assert_eq!(s.cni_args.as_ref().unwrap()["k"], "v");
         assert_eq!(
             s.cni_args(),
-            vec![("IP".into(), "198.18.5.5/24,2001:db8::5/64".into()), ("MAC".into(), "02:00:00:00:00:01".into())]
+            vec![
+                ("IP".into(), "198.18.5.5/24,2001:db8::5/64".into()),
+                ("MAC".into(), "02:00:00:00:00:01".into())
+            ]
         );
         let empty = &parse_networks(r#"[{"name":"a","default-route":[]}]"#, "d").unwrap()[0];
-        assert_eq!(empty.default_route, Some(vec![]), "the empty list is kept distinct from absent");
+        assert_eq!(
+            empty.default_route,
+            Some(vec![]),
+            "the empty list is kept distinct from absent"
+        );
         assert!(empty.runtime_config().is_empty() && empty.cni_args().is_empty());
     }
 
@@ -553,8 +730,15 @@ mod tests {
     fn default_network_annotation_takes_one_element_in_the_multus_namespace() {
         let s = parse_default_network("calico", "kube-system").unwrap();
         assert_eq!(s.qualified_name(), "kube-system/calico");
-        let s = parse_default_network(r#"[{"name":"x","namespace":"n","interface":"eth9"}]"#, "kube-system").unwrap();
-        assert_eq!((s.qualified_name().as_str(), s.interface.as_deref()), ("n/x", Some("eth9")));
+        let s = parse_default_network(
+            r#"[{"name":"x","namespace":"n","interface":"eth9"}]"#,
+            "kube-system",
+        )
+        .unwrap();
+        assert_eq!(
+            (s.qualified_name().as_str(), s.interface.as_deref()),
+            ("n/x", Some("eth9"))
+        );
         let e = parse_default_network("a,b", "kube-system").unwrap_err();
         assert!(CniError::from_anyhow(&e).msg.contains("exactly one"));
     }
@@ -574,8 +758,18 @@ mod tests {
             "interfaces": [{"name": "net1", "mac": "aa:00:00:00:00:03", "sandbox": "/run/netns/p"}],
             "ips": [{"address": "198.18.1.5/24", "interface": 0}]});
         let status = network_status(&[
-            StatusInput { name: "cluster", ifname: "eth0", default: true, result: &cluster },
-            StatusInput { name: "pods/mv", ifname: "net1", default: false, result: &secondary },
+            StatusInput {
+                name: "cluster",
+                ifname: "eth0",
+                default: true,
+                result: &cluster,
+            },
+            StatusInput {
+                name: "pods/mv",
+                ifname: "net1",
+                default: false,
+                result: &secondary,
+            },
         ]);
         assert_eq!(
             status[0],

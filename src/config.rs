@@ -141,13 +141,17 @@ pub struct NetConf {
 }
 
 /// Default `kubeletCheckpointFile`.
-pub const DEFAULT_CHECKPOINT_FILE: &str = "/var/lib/kubelet/device-plugins/kubelet_internal_checkpoint";
+pub const DEFAULT_CHECKPOINT_FILE: &str =
+    "/var/lib/kubelet/device-plugins/kubelet_internal_checkpoint";
 
 fn seconds(key: &str, value: Option<f64>, default: Duration) -> Result<Duration> {
     match value {
         None => Ok(default),
         Some(s) if s.is_finite() && s > 0.0 && s <= 3600.0 => Ok(Duration::from_secs_f64(s)),
-        Some(s) => Err(coded(Code::InvalidConfig, format!("multihome config {key:?}: {s} is not a number of seconds in (0, 3600]"))),
+        Some(s) => Err(coded(
+            Code::InvalidConfig,
+            format!("multihome config {key:?}: {s} is not a number of seconds in (0, 3600]"),
+        )),
     }
 }
 
@@ -206,12 +210,21 @@ impl NetConf {
         };
         let defaults = Timeouts::default();
         let api_timeouts = Timeouts {
-            connect: seconds("apiConnectTimeout", wire.api_connect_timeout, defaults.connect)?,
+            connect: seconds(
+                "apiConnectTimeout",
+                wire.api_connect_timeout,
+                defaults.connect,
+            )?,
             total: seconds("apiTimeout", wire.api_timeout, defaults.total)?,
             attempts: match wire.api_attempts {
                 None => defaults.attempts,
                 Some(n @ 1..=10) => n,
-                Some(n) => return Err(coded(Code::InvalidConfig, format!("multihome config \"apiAttempts\": {n} is not in 1..=10"))),
+                Some(n) => {
+                    return Err(coded(
+                        Code::InvalidConfig,
+                        format!("multihome config \"apiAttempts\": {n} is not in 1..=10"),
+                    ));
+                }
             },
         };
         Ok(NetConf {
@@ -244,7 +257,9 @@ impl NetConf {
             auxiliary_cni_chain_name: wire.auxiliary_c_n_i_chain_name.filter(|s| !s.is_empty()),
             log_options: wire.log_options,
             api_timeouts,
-            kubelet_checkpoint_file: wire.kubelet_checkpoint_file.unwrap_or_else(|| DEFAULT_CHECKPOINT_FILE.into()),
+            kubelet_checkpoint_file: wire
+                .kubelet_checkpoint_file
+                .unwrap_or_else(|| DEFAULT_CHECKPOINT_FILE.into()),
         })
     }
 }
@@ -493,7 +508,10 @@ mod tests {
         assert_eq!(c.api_timeouts.connect, Duration::from_secs(2));
         assert_eq!(c.api_timeouts.total, Duration::from_secs(10));
         assert_eq!(c.api_timeouts.attempts, 3);
-        assert_eq!(c.kubelet_checkpoint_file, PathBuf::from(DEFAULT_CHECKPOINT_FILE));
+        assert_eq!(
+            c.kubelet_checkpoint_file,
+            PathBuf::from(DEFAULT_CHECKPOINT_FILE)
+        );
     }
 
     #[test]
@@ -529,7 +547,10 @@ mod tests {
         assert_eq!(c.readiness_indicator_file, Some(PathBuf::from("/r")));
         assert_eq!(c.auxiliary_cni_chain_name.as_deref(), Some("aux"));
         assert_eq!(c.api_timeouts.connect, Duration::from_millis(500));
-        assert_eq!((c.api_timeouts.total, c.api_timeouts.attempts), (Duration::from_secs(3), 1));
+        assert_eq!(
+            (c.api_timeouts.total, c.api_timeouts.attempts),
+            (Duration::from_secs(3), 1)
+        );
         assert_eq!(c.kubelet_checkpoint_file, PathBuf::from("/cp"));
         assert_eq!(
             c.kubeconfig,

@@ -19,7 +19,7 @@ use crate::cni::result::convert;
 use crate::cni::version::Version;
 use crate::config::{NetConf, NetworkConfig, find_network_by_name, resolve_network};
 use crate::delegate::{Runner, check_available, search_path};
-use crate::error::{Code, CniError, coded};
+use crate::error::{CniError, Code, coded};
 use crate::k8s::checkpoint::Devices;
 use crate::k8s::{Access, Client, Pod};
 use crate::netns::NetNs;
@@ -69,7 +69,11 @@ impl Invocation {
 
     fn pod_ref(&self) -> Option<PodRef> {
         let arg = |k| self.env.arg(k).filter(|v| !v.is_empty()).map(String::from);
-        Some(PodRef { namespace: arg("K8S_POD_NAMESPACE")?, name: arg("K8S_POD_NAME")?, uid: arg("K8S_POD_UID") })
+        Some(PodRef {
+            namespace: arg("K8S_POD_NAMESPACE")?,
+            name: arg("K8S_POD_NAME")?,
+            uid: arg("K8S_POD_UID"),
+        })
     }
 
     /// The API client, when multihome is configured for Kubernetes (`kubeconfig`, or the
@@ -77,7 +81,10 @@ impl Invocation {
     fn client(&self) -> Result<Option<Client>> {
         let access = match &self.conf.kubeconfig {
             Some(path) => Access::from_kubeconfig(path)?,
-            None => match Access::in_cluster(|k| std::env::var(k).ok(), crate::k8s::access::SERVICE_ACCOUNT_DIR.as_ref())? {
+            None => match Access::in_cluster(
+                |k| std::env::var(k).ok(),
+                crate::k8s::access::SERVICE_ACCOUNT_DIR.as_ref(),
+            )? {
                 Some(a) => a,
                 None => return Ok(None),
             },
@@ -88,15 +95,26 @@ impl Invocation {
     /// Connects to the API and fetches the pod. On ADD a UID mismatch (the pod was deleted and
     /// recreated) is an error, except for static pods whose mirror has its own UID.
     fn kube(&self, adding: bool) -> Result<Option<Kube>> {
-        let Some(client) = self.client()? else { return Ok(None) };
+        let Some(client) = self.client()? else {
+            return Ok(None);
+        };
         let pod_ref = self.pod_ref();
         let mut pod = None;
         if let Some(r) = &pod_ref {
-            pod = client.get_pod(&r.namespace, &r.name).with_context(|| format!("getting pod {}/{}", r.namespace, r.name))?;
+            pod = client
+                .get_pod(&r.namespace, &r.name)
+                .with_context(|| format!("getting pod {}/{}", r.namespace, r.name))?;
             match &pod {
-                None => log::warn!("pod {}/{} not found: attaching the cluster network only", r.namespace, r.name),
+                None => log::warn!(
+                    "pod {}/{} not found: attaching the cluster network only",
+                    r.namespace,
+                    r.name
+                ),
                 Some(p) => {
-                    let stale = r.uid.as_deref().filter(|u| *u != p.metadata.uid && !p.is_static());
+                    let stale = r
+                        .uid
+                        .as_deref()
+                        .filter(|u| *u != p.metadata.uid && !p.is_static());
                     if let Some(uid) = stale {
                         if adding {
                             return Err(coded(
@@ -113,15 +131,27 @@ impl Invocation {
                 }
             }
         }
-        Ok(Some(Kube { client, pod_ref, pod }))
+        Ok(Some(Kube {
+            client,
+            pod_ref,
+            pod,
+        }))
     }
 
     /// The networks of this call, cluster network first.
     fn selections(&self, kube: Option<&Kube>) -> Result<Vec<Selection>> {
         let conf = &self.conf;
-        let mut resolver = Resolver { conf, kube, nads: HashMap::new(), devices: None };
+        let mut resolver = Resolver {
+            conf,
+            kube,
+            nads: HashMap::new(),
+            devices: None,
+        };
         let pod = kube.and_then(|k| k.pod.as_ref());
-        let annotation = |key: &str| pod.and_then(|p| p.metadata.annotations.get(key)).filter(|a| !a.trim().is_empty());
+        let annotation = |key: &str| {
+            pod.and_then(|p| p.metadata.annotations.get(key))
+                .filter(|a| !a.trim().is_empty())
+        };
         let pod_namespace = pod
             .map(|p| p.metadata.namespace.clone())
             .or_else(|| self.env.arg("K8S_POD_NAMESPACE").map(String::from))
@@ -136,11 +166,19 @@ impl Invocation {
         match &conf.cluster_network {
             Some(cluster) => {
                 if selections.is_empty() {
-                    selections.push(resolver.reference(cluster).with_context(|| format!("clusterNetwork {cluster:?}"))?);
+                    selections.push(
+                        resolver
+                            .reference(cluster)
+                            .with_context(|| format!("clusterNetwork {cluster:?}"))?,
+                    );
                 }
-                if !conf.system_namespaces.iter().any(|s| *s == pod_namespace) {
+                if !conf.system_namespaces.contains(&pod_namespace) {
                     for name in &conf.default_networks {
-                        selections.push(resolver.reference(name).with_context(|| format!("defaultNetworks {name:?}"))?);
+                        selections.push(
+                            resolver
+                                .reference(name)
+                                .with_context(|| format!("defaultNetworks {name:?}"))?,
+                        );
                     }
                 }
             }
@@ -177,18 +215,27 @@ impl Invocation {
     }
 }
 
+/// A resolved NetworkAttachmentDefinition: its network and its `resourceName`.
+type ResolvedNad = (NetworkConfig, Option<String>);
+
 /// Resolves network references of one call, fetching each NetworkAttachmentDefinition once.
 struct Resolver<'a> {
     conf: &'a NetConf,
     kube: Option<&'a Kube>,
-    nads: HashMap<(String, String), Option<(NetworkConfig, Option<String>)>>,
+    nads: HashMap<(String, String), Option<ResolvedNad>>,
     devices: Option<Devices>,
 }
 
 impl Resolver<'_> {
     /// A NAD as a network config plus its `resourceName`; `None` when it does not exist.
-    fn nad(&mut self, namespace: &str, name: &str) -> Result<Option<(NetworkConfig, Option<String>)>> {
-        let Some(kube) = self.kube else { return Ok(None) };
+    fn nad(
+        &mut self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<(NetworkConfig, Option<String>)>> {
+        let Some(kube) = self.kube else {
+            return Ok(None);
+        };
         let key = (namespace.to_string(), name.to_string());
         if let Some(hit) = self.nads.get(&key) {
             return Ok(hit.clone());
@@ -201,16 +248,30 @@ impl Resolver<'_> {
                     find_network_by_name(name, &self.conf.conf_dir, self.conf.cni_version)
                         .with_context(|| format!("{what} has no spec.config"))?
                 } else {
-                    let mut value: Value = serde_json::from_str(&nad.spec.config)
-                        .map_err(|e| coded(Code::InvalidConfig, format!("{what}: spec.config is not valid JSON: {e}")))?;
+                    let mut value: Value = serde_json::from_str(&nad.spec.config).map_err(|e| {
+                        coded(
+                            Code::InvalidConfig,
+                            format!("{what}: spec.config is not valid JSON: {e}"),
+                        )
+                    })?;
                     if let Some(obj) = value.as_object_mut() {
-                        if obj.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
+                        if obj
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .is_none_or(str::is_empty)
+                        {
                             obj.insert("name".into(), json!(name));
                         }
                     }
-                    NetworkConfig::from_value(value, self.conf.cni_version).with_context(|| what.clone())?
+                    NetworkConfig::from_value(value, self.conf.cni_version)
+                        .with_context(|| what.clone())?
                 };
-                let resource = nad.metadata.annotations.get(annotations::RESOURCE_NAME).filter(|r| !r.is_empty()).cloned();
+                let resource = nad
+                    .metadata
+                    .annotations
+                    .get(annotations::RESOURCE_NAME)
+                    .filter(|r| !r.is_empty())
+                    .cloned();
                 Some((network, resource))
             }
         };
@@ -244,7 +305,10 @@ impl Resolver<'_> {
             )
         })?;
         let device_id = match resource {
-            Some(resource) => Some(self.device(&resource).with_context(|| format!("network {:?}", el.qualified_name()))?),
+            Some(resource) => Some(
+                self.device(&resource)
+                    .with_context(|| format!("network {:?}", el.qualified_name()))?,
+            ),
             None => None,
         };
         Selection::from_element(el, network, device_id)
@@ -254,9 +318,14 @@ impl Resolver<'_> {
         let devices = match self.devices.take() {
             Some(d) => d,
             None => {
-                let uid = self.kube.and_then(|k| k.pod.as_ref()).map(|p| p.metadata.uid.as_str()).unwrap_or_default();
+                let uid = self
+                    .kube
+                    .and_then(|k| k.pod.as_ref())
+                    .map(|p| p.metadata.uid.as_str())
+                    .unwrap_or_default();
                 let path = &self.conf.kubelet_checkpoint_file;
-                let bytes = std::fs::read(path).with_context(|| format!("reading kubelet checkpoint {}", path.display()))?;
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("reading kubelet checkpoint {}", path.display()))?;
                 Devices::from_checkpoint(&bytes, uid)?
             }
         };
@@ -280,22 +349,41 @@ pub fn add(inv: &Invocation) -> Result<Value> {
         if existing.contains(&att.ifname) {
             return Err(coded(
                 Code::InvalidConfig,
-                format!("interface {:?} (network {:?}) already exists in {}", att.ifname, att.name, netns.path().display()),
+                format!(
+                    "interface {:?} (network {:?}) already exists in {}",
+                    att.ifname,
+                    att.name,
+                    netns.path().display()
+                ),
             ));
         }
     }
 
     let cache = inv.cache();
     let lock = cache.lock(&inv.env.container_id)?;
-    if cache.load(&lock, &inv.env.container_id).ok().flatten().is_some() {
-        log::warn!("ADD for {} replaces a cache entry that no DEL removed", inv.env.container_id);
+    if cache
+        .load(&lock, &inv.env.container_id)
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        log::warn!(
+            "ADD for {} replaces a cache entry that no DEL removed",
+            inv.env.container_id
+        );
     }
     let mut record = Record {
         kind: KIND.into(),
         container_id: inv.env.container_id.clone(),
         netns: inv.env.netns.clone(),
         ifname: inv.env.ifname.clone(),
-        attachments: attachments.into_iter().map(|attachment| CachedAttachment { attachment, result: None }).collect(),
+        attachments: attachments
+            .into_iter()
+            .map(|attachment| CachedAttachment {
+                attachment,
+                result: None,
+            })
+            .collect(),
     };
     // Recorded before the first delegate runs: a crash mid-ADD still leaves DEL the whole plan.
     cache.save(&lock, &record)?;
@@ -319,7 +407,11 @@ pub fn add(inv: &Invocation) -> Result<Value> {
         send_events(kube, &record);
     }
     cache.save(&lock, &record)?;
-    let first = record.attachments.first().and_then(|a| a.result.as_ref()).context("no attachment")?;
+    let first = record
+        .attachments
+        .first()
+        .and_then(|a| a.result.as_ref())
+        .context("no attachment")?;
     let version = record.attachments[0].attachment.network.cni_version;
     convert(first, version, inv.conf.cni_version).context("converting the cluster network's result")
 }
@@ -329,11 +421,21 @@ pub fn add(inv: &Invocation) -> Result<Value> {
 /// version), so its DEL is attempted and only logged and cannot make every later DEL fail too.
 /// The attachments before it were fully added; if any of their DELs fails, the cache keeps just
 /// those for the runtime's DEL to retry.
-fn rollback(runner: &Runner, cache: &Cache, lock: Lock, record: &mut Record, failed: Option<usize>) -> Result<()> {
+fn rollback(
+    runner: &Runner,
+    cache: &Cache,
+    lock: Lock,
+    record: &mut Record,
+    failed: Option<usize>,
+) -> Result<()> {
     if let Some(failed) = failed {
         let att = &record.attachments[failed];
         if let Err(e) = runner.del(&att.attachment, None) {
-            log::warn!("DEL of the failed network {:?} ({}): {e:#}", att.attachment.name, att.attachment.ifname);
+            log::warn!(
+                "DEL of the failed network {:?} ({}): {e:#}",
+                att.attachment.name,
+                att.attachment.ifname
+            );
         }
         record.attachments.truncate(failed);
     }
@@ -362,7 +464,12 @@ fn status_of(record: &Record) -> Result<Value> {
         .iter()
         .zip(&results)
         .enumerate()
-        .map(|(i, (a, result))| StatusInput { name: &a.attachment.name, ifname: &a.attachment.ifname, default: i == 0, result })
+        .map(|(i, (a, result))| StatusInput {
+            name: &a.attachment.name,
+            ifname: &a.attachment.ifname,
+            default: i == 0,
+            result,
+        })
         .collect();
     Ok(annotations::network_status(&inputs))
 }
@@ -371,23 +478,41 @@ fn status_of(record: &Record) -> Result<Value> {
 /// annotation changes, so nothing else written by others can be lost. A pod deleted meanwhile
 /// is not an error (its DEL is coming).
 fn report_status(kube: &Kube, record: &Record) -> Result<()> {
-    let (Some(pod), Some(r)) = (&kube.pod, &kube.pod_ref) else { return Ok(()) };
+    let (Some(pod), Some(r)) = (&kube.pod, &kube.pod_ref) else {
+        return Ok(());
+    };
     let status = serde_json::to_string(&status_of(record)?).context("encoding network-status")?;
     let patch = json!({"metadata": {"annotations": {annotations::NETWORK_STATUS: status}}});
     match kube.client.patch_pod_status(&r.namespace, &r.name, &patch) {
         Err(e) if CniError::from_anyhow(&e).msg.contains("pod not found") => {
-            log::warn!("pod {}/{} ({}) vanished before network-status was written", r.namespace, r.name, pod.metadata.uid);
+            log::warn!(
+                "pod {}/{} ({}) vanished before network-status was written",
+                r.namespace,
+                r.name,
+                pod.metadata.uid
+            );
             Ok(())
         }
-        other => other.with_context(|| format!("writing {} of pod {}/{}", annotations::NETWORK_STATUS, r.namespace, r.name)),
+        other => other.with_context(|| {
+            format!(
+                "writing {} of pod {}/{}",
+                annotations::NETWORK_STATUS,
+                r.namespace,
+                r.name
+            )
+        }),
     }
 }
 
 /// An `AddedInterface` event per attachment. Best effort: an event failing never fails ADD.
 fn send_events(kube: &Kube, record: &Record) {
-    let (Some(pod), Some(r)) = (&kube.pod, &kube.pod_ref) else { return };
+    let (Some(pod), Some(r)) = (&kube.pod, &kube.pod_ref) else {
+        return;
+    };
     let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     for (i, a) in record.attachments.iter().enumerate() {
         let ips: Vec<&str> = a
             .result
@@ -431,7 +556,10 @@ pub fn del(inv: &Invocation) -> Result<()> {
         Ok(Some(record)) => Some(record.attachments),
         Ok(None) => None,
         Err(e) => {
-            log::warn!("ignoring unreadable cache for {}: {e:#}", inv.env.container_id);
+            log::warn!(
+                "ignoring unreadable cache for {}: {e:#}",
+                inv.env.container_id
+            );
             None
         }
     };
@@ -440,7 +568,9 @@ pub fn del(inv: &Invocation) -> Result<()> {
         // planned network so IPAM is released, but a failure here proves nothing was leaked and
         // must not block the pod's teardown.
         let kube = inv.kube(false).unwrap_or_else(|e| {
-            log::warn!("DEL without cache: the API is unavailable, planning from the config alone: {e:#}");
+            log::warn!(
+                "DEL without cache: the API is unavailable, planning from the config alone: {e:#}"
+            );
             None
         });
         match inv.plan(kube.as_ref()).or_else(|e| {
@@ -448,12 +578,24 @@ pub fn del(inv: &Invocation) -> Result<()> {
             inv.plan(None)
         }) {
             Ok(atts) => {
-                let atts: Vec<_> = atts.into_iter().map(|attachment| CachedAttachment { attachment, result: None }).collect();
+                let atts: Vec<_> = atts
+                    .into_iter()
+                    .map(|attachment| CachedAttachment {
+                        attachment,
+                        result: None,
+                    })
+                    .collect();
                 if let Err(e) = del_attachments(&runner, &atts) {
-                    log::warn!("DEL without a cache entry for {}: {e:#}", inv.env.container_id);
+                    log::warn!(
+                        "DEL without a cache entry for {}: {e:#}",
+                        inv.env.container_id
+                    );
                 }
             }
-            Err(e) => log::warn!("no cache for {} and the config cannot be planned: {e:#}", inv.env.container_id),
+            Err(e) => log::warn!(
+                "no cache for {} and the config cannot be planned: {e:#}",
+                inv.env.container_id
+            ),
         }
         return cache.remove(lock, &inv.env.container_id);
     };
@@ -470,16 +612,27 @@ fn del_attachments(runner: &Runner, attachments: &[CachedAttachment]) -> Result<
         .iter()
         .rev()
         .filter_map(|a| {
-            runner
-                .del(&a.attachment, a.result.as_ref())
-                .err()
-                .map(|e| format!("network {:?} ({}): {}", a.attachment.name, a.attachment.ifname, CniError::from_anyhow(&e).msg))
+            runner.del(&a.attachment, a.result.as_ref()).err().map(|e| {
+                format!(
+                    "network {:?} ({}): {}",
+                    a.attachment.name,
+                    a.attachment.ifname,
+                    CniError::from_anyhow(&e).msg
+                )
+            })
         })
         .collect();
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(coded(Code::Internal, format!("DEL failed for {} attachment(s): {}", errors.len(), errors.join(" | "))))
+        Err(coded(
+            Code::Internal,
+            format!(
+                "DEL failed for {} attachment(s): {}",
+                errors.len(),
+                errors.join(" | ")
+            ),
+        ))
     }
 }
 
@@ -488,27 +641,46 @@ pub fn check(inv: &Invocation) -> Result<()> {
     if !inv.conf.cni_version.supports_check() {
         return Err(coded(
             Code::IncompatibleVersion,
-            format!("config version {} does not allow CHECK (needs 0.4.0 or later)", inv.conf.cni_version),
+            format!(
+                "config version {} does not allow CHECK (needs 0.4.0 or later)",
+                inv.conf.cni_version
+            ),
         ));
     }
     let runner = inv.runner();
     let cache = inv.cache();
     let lock = cache.lock(&inv.env.container_id)?;
     let record = cache.load(&lock, &inv.env.container_id)?.ok_or_else(|| {
-        coded(Code::UnknownContainer, format!("no attachments recorded for container {}", inv.env.container_id))
+        coded(
+            Code::UnknownContainer,
+            format!(
+                "no attachments recorded for container {}",
+                inv.env.container_id
+            ),
+        )
     })?;
     for a in &record.attachments {
         let result = a.result.as_ref().ok_or_else(|| {
-            coded(Code::UnknownContainer, format!("network {:?} ({}) was never fully added", a.attachment.name, a.attachment.ifname))
+            coded(
+                Code::UnknownContainer,
+                format!(
+                    "network {:?} ({}) was never fully added",
+                    a.attachment.name, a.attachment.ifname
+                ),
+            )
         })?;
-        runner.check(&a.attachment, result).with_context(|| format!("checking network {:?}", a.attachment.name))?;
+        runner
+            .check(&a.attachment, result)
+            .with_context(|| format!("checking network {:?}", a.attachment.name))?;
     }
     Ok(())
 }
 
 /// Waits (bounded) for `readinessindicatorfile`, the cluster network's signal that it is ready.
 fn wait_for_readiness(conf: &NetConf) -> Result<()> {
-    let Some(file) = &conf.readiness_indicator_file else { return Ok(()) };
+    let Some(file) = &conf.readiness_indicator_file else {
+        return Ok(());
+    };
     let start = Instant::now();
     while !file.exists() {
         if start.elapsed() >= READINESS_TIMEOUT {

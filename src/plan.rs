@@ -46,14 +46,21 @@ impl Selection {
     /// The selection for one annotation element resolved to `network`. `device_id` is the device
     /// allocated through the NAD's `resourceName`, if any: it is written into every plugin config
     /// (`deviceID`, `pciBusID`) and passed as the `deviceID` capability.
-    pub fn from_element(el: &NetworkSelection, mut network: NetworkConfig, device_id: Option<String>) -> Result<Self> {
+    pub fn from_element(
+        el: &NetworkSelection,
+        mut network: NetworkConfig,
+        device_id: Option<String>,
+    ) -> Result<Self> {
         let name = el.qualified_name();
         let mut runtime_config = el.runtime_config();
         // The network spec (4.1.2.1.x): a request no plugin of the network can honour is an
         // error, not something to drop silently.
         for capability in runtime_config.keys() {
             let declared = network.plugins.iter().any(|p| {
-                p.get("capabilities").and_then(|c| c.get(capability)).and_then(Value::as_bool) == Some(true)
+                p.get("capabilities")
+                    .and_then(|c| c.get(capability))
+                    .and_then(Value::as_bool)
+                    == Some(true)
             });
             if !declared {
                 return Err(coded(
@@ -83,13 +90,23 @@ impl Selection {
         if let Some(id) = device_id {
             runtime_config.insert("deviceID".into(), json!(id));
         }
-        Ok(Selection { network, name, ifname: el.interface.clone(), runtime_config, args: el.cni_args() })
+        Ok(Selection {
+            network,
+            name,
+            ifname: el.interface.clone(),
+            runtime_config,
+            args: el.cni_args(),
+        })
     }
 }
 
 /// `namespaceIsolation`: a pod may use NADs of its own namespace and of the global ones only.
-pub fn check_namespace_isolation(pod_namespace: &str, target: &NetworkSelection, global: &[String]) -> Result<()> {
-    if target.namespace == pod_namespace || global.iter().any(|g| *g == target.namespace) {
+pub fn check_namespace_isolation(
+    pod_namespace: &str,
+    target: &NetworkSelection,
+    global: &[String],
+) -> Result<()> {
+    if target.namespace == pod_namespace || global.contains(&target.namespace) {
         return Ok(());
     }
     Err(coded(
@@ -305,28 +322,45 @@ mod tests {
     }
 
     fn element(json: &str) -> NetworkSelection {
-        crate::annotations::parse_networks(json, "pods").unwrap().remove(0)
+        crate::annotations::parse_networks(json, "pods")
+            .unwrap()
+            .remove(0)
     }
 
     #[test]
     fn element_requests_need_a_declared_capability() {
         let plain = net("mv");
-        let err = Selection::from_element(&element(r#"[{"name":"mv","mac":"02:00:00:00:00:01"}]"#), plain.clone(), None)
-            .unwrap_err();
+        let err = Selection::from_element(
+            &element(r#"[{"name":"mv","mac":"02:00:00:00:00:01"}]"#),
+            plain.clone(),
+            None,
+        )
+        .unwrap_err();
         let e = crate::error::CniError::from_anyhow(&err);
         assert_eq!(e.code, 7);
-        assert!(e.msg.contains("\"mac\"") && e.msg.contains("pods/mv"), "{}", e.msg);
+        assert!(
+            e.msg.contains("\"mac\"") && e.msg.contains("pods/mv"),
+            "{}",
+            e.msg
+        );
         let capable = NetworkConfig::from_value(
             json!({"name": "mv", "plugins": [{"type": "macvlan"}, {"type": "tuning", "capabilities": {"mac": true}}]}),
             Version::new(1, 0, 0),
         )
         .unwrap();
-        let sel = Selection::from_element(&element(r#"[{"name":"mv","mac":"02:00:00:00:00:01","interface":"x1"}]"#), capable, None)
-            .unwrap();
+        let sel = Selection::from_element(
+            &element(r#"[{"name":"mv","mac":"02:00:00:00:00:01","interface":"x1"}]"#),
+            capable,
+            None,
+        )
+        .unwrap();
         assert_eq!(sel.name, "pods/mv");
         assert_eq!(sel.ifname.as_deref(), Some("x1"));
         assert_eq!(sel.runtime_config["mac"], "02:00:00:00:00:01");
-        assert_eq!(sel.args, vec![("MAC".to_string(), "02:00:00:00:00:01".to_string())]);
+        assert_eq!(
+            sel.args,
+            vec![("MAC".to_string(), "02:00:00:00:00:01".to_string())]
+        );
     }
 
     #[test]
@@ -339,21 +373,43 @@ mod tests {
         let el = element(r#"[{"name":"sriov","cni-args":{"k":"new"}}]"#);
         let sel = Selection::from_element(&el, network, Some("0000:03:02.1".into())).unwrap();
         let p0 = &sel.network.plugins[0];
-        assert_eq!(p0["args"], json!({"cni": {"keep": 1, "k": "new"}, "other": 2}));
+        assert_eq!(
+            p0["args"],
+            json!({"cni": {"keep": 1, "k": "new"}, "other": 2})
+        );
         assert_eq!(sel.network.plugins[1]["args"], json!({"cni": {"k": "new"}}));
-        assert_eq!((p0["deviceID"].as_str(), p0["pciBusID"].as_str()), (Some("0000:03:02.1"), Some("0000:03:02.1")));
+        assert_eq!(
+            (p0["deviceID"].as_str(), p0["pciBusID"].as_str()),
+            (Some("0000:03:02.1"), Some("0000:03:02.1"))
+        );
         assert_eq!(sel.runtime_config["deviceID"], "0000:03:02.1");
     }
 
     #[test]
     fn namespace_isolation_allows_own_and_global_namespaces_only() {
         let global = vec!["default".to_string(), "shared".to_string()];
-        for (target, ok) in [("pods/a", true), ("default/a", true), ("shared/a", true), ("other/a", false)] {
-            let el = crate::annotations::parse_networks(target, "pods").unwrap().remove(0);
-            assert_eq!(check_namespace_isolation("pods", &el, &global).is_ok(), ok, "{target}");
+        for (target, ok) in [
+            ("pods/a", true),
+            ("default/a", true),
+            ("shared/a", true),
+            ("other/a", false),
+        ] {
+            let el = crate::annotations::parse_networks(target, "pods")
+                .unwrap()
+                .remove(0);
+            assert_eq!(
+                check_namespace_isolation("pods", &el, &global).is_ok(),
+                ok,
+                "{target}"
+            );
         }
-        let el = crate::annotations::parse_networks("other/a", "pods").unwrap().remove(0);
-        let msg = format!("{:#}", check_namespace_isolation("pods", &el, &global).unwrap_err());
+        let el = crate::annotations::parse_networks("other/a", "pods")
+            .unwrap()
+            .remove(0);
+        let msg = format!(
+            "{:#}",
+            check_namespace_isolation("pods", &el, &global).unwrap_err()
+        );
         assert!(msg.contains("other/a") && msg.contains("\"pods\""), "{msg}");
     }
 

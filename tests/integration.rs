@@ -4,7 +4,9 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+mod apiserver;
 mod harness;
 
 mod binary;
 mod core_flows;
+mod kubernetes;

@@ -35,7 +35,10 @@ pub struct Access {
 impl std::fmt::Debug for Access {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print credentials.
-        f.debug_struct("Access").field("server", &self.server).field("insecure", &self.insecure).finish_non_exhaustive()
+        f.debug_struct("Access")
+            .field("server", &self.server)
+            .field("insecure", &self.insecure)
+            .finish_non_exhaustive()
     }
 }
 
@@ -99,27 +102,49 @@ struct KubeContext {
     user: String,
 }
 
-fn pick<T>(items: impl IntoIterator<Item = (String, T)>, name: &str, what: &str, path: &Path) -> Result<T> {
+fn pick<T>(
+    items: impl IntoIterator<Item = (String, T)>,
+    name: &str,
+    what: &str,
+    path: &Path,
+) -> Result<T> {
     items
         .into_iter()
         .find(|(n, _)| n == name)
         .map(|(_, item)| item)
-        .ok_or_else(|| coded(Code::InvalidConfig, format!("kubeconfig {}: no {what} named {name:?}", path.display())))
+        .ok_or_else(|| {
+            coded(
+                Code::InvalidConfig,
+                format!("kubeconfig {}: no {what} named {name:?}", path.display()),
+            )
+        })
 }
 
 /// Reads a file or inline base64 data, whichever the kubeconfig gives; relative paths are
 /// relative to the kubeconfig's directory, as kubectl resolves them.
-fn material(base: &Path, file: Option<&PathBuf>, data: Option<&String>, what: &str) -> Result<Option<Vec<u8>>> {
+fn material(
+    base: &Path,
+    file: Option<&PathBuf>,
+    data: Option<&String>,
+    what: &str,
+) -> Result<Option<Vec<u8>>> {
     if let Some(data) = data.filter(|d| !d.is_empty()) {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(data.trim())
-            .map_err(|e| coded(Code::InvalidConfig, format!("kubeconfig {what}-data is not base64: {e}")))?;
+            .map_err(|e| {
+                coded(
+                    Code::InvalidConfig,
+                    format!("kubeconfig {what}-data is not base64: {e}"),
+                )
+            })?;
         return Ok(Some(bytes));
     }
     match file.filter(|f| !f.as_os_str().is_empty()) {
         Some(f) => {
             let path = base.join(f);
-            Ok(Some(std::fs::read(&path).with_context(|| format!("reading kubeconfig {what} {}", path.display()))?))
+            Ok(Some(std::fs::read(&path).with_context(|| {
+                format!("reading kubeconfig {what} {}", path.display())
+            })?))
         }
         None => Ok(None),
     }
@@ -128,9 +153,14 @@ fn material(base: &Path, file: Option<&PathBuf>, data: Option<&String>, what: &s
 impl Access {
     /// Reads a kubeconfig file and resolves its current context (or its only one).
     pub fn from_kubeconfig(path: &Path) -> Result<Access> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
-        let kc: Kubeconfig = serde_yaml_ng::from_str(&text)
-            .map_err(|e| coded(Code::InvalidConfig, format!("kubeconfig {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+        let kc: Kubeconfig = serde_yaml_ng::from_str(&text).map_err(|e| {
+            coded(
+                Code::InvalidConfig,
+                format!("kubeconfig {}: {e}", path.display()),
+            )
+        })?;
         let context_name = if kc.current_context.is_empty() && kc.contexts.len() == 1 {
             kc.contexts[0].name.clone()
         } else {
@@ -138,21 +168,49 @@ impl Access {
         };
         let base = path.parent().unwrap_or(Path::new("/"));
         let (cluster, user) = if context_name.is_empty() && kc.clusters.len() == 1 {
-            let cluster = kc.clusters.into_iter().next().map(|c| c.cluster).unwrap_or_default();
-            let user = kc.users.into_iter().next().map(|u| u.user).unwrap_or_default();
+            let cluster = kc
+                .clusters
+                .into_iter()
+                .next()
+                .map(|c| c.cluster)
+                .unwrap_or_default();
+            let user = kc
+                .users
+                .into_iter()
+                .next()
+                .map(|u| u.user)
+                .unwrap_or_default();
             (cluster, user)
         } else {
-            let ctx = pick(kc.contexts.into_iter().map(|c| (c.name, c.context)), &context_name, "context", path)?;
-            let cluster = pick(kc.clusters.into_iter().map(|c| (c.name, c.cluster)), &ctx.cluster, "cluster", path)?;
+            let ctx = pick(
+                kc.contexts.into_iter().map(|c| (c.name, c.context)),
+                &context_name,
+                "context",
+                path,
+            )?;
+            let cluster = pick(
+                kc.clusters.into_iter().map(|c| (c.name, c.cluster)),
+                &ctx.cluster,
+                "cluster",
+                path,
+            )?;
             let user = if ctx.user.is_empty() {
                 User::default()
             } else {
-                pick(kc.users.into_iter().map(|u| (u.name, u.user)), &ctx.user, "user", path)?
+                pick(
+                    kc.users.into_iter().map(|u| (u.name, u.user)),
+                    &ctx.user,
+                    "user",
+                    path,
+                )?
             };
             (cluster, user)
         };
         if cluster.server.is_empty() {
-            return Err(coded(Code::InvalidConfig, format!("kubeconfig {}: cluster has no server", path.display())));
+            return Err(coded(
+                Code::InvalidConfig,
+                format!("kubeconfig {}: cluster has no server", path.display()),
+            ));
         }
         let token = match (&user.token, &user.token_file) {
             (Some(t), _) if !t.is_empty() => Some(t.clone()),
@@ -161,10 +219,25 @@ impl Access {
         };
         Ok(Access {
             server: cluster.server.trim_end_matches('/').to_string(),
-            ca_pem: material(base, cluster.certificate_authority.as_ref(), cluster.certificate_authority_data.as_ref(), "certificate-authority")?,
+            ca_pem: material(
+                base,
+                cluster.certificate_authority.as_ref(),
+                cluster.certificate_authority_data.as_ref(),
+                "certificate-authority",
+            )?,
             insecure: cluster.insecure_skip_tls_verify,
-            client_cert_pem: material(base, user.client_certificate.as_ref(), user.client_certificate_data.as_ref(), "client-certificate")?,
-            client_key_pem: material(base, user.client_key.as_ref(), user.client_key_data.as_ref(), "client-key")?,
+            client_cert_pem: material(
+                base,
+                user.client_certificate.as_ref(),
+                user.client_certificate_data.as_ref(),
+                "client-certificate",
+            )?,
+            client_key_pem: material(
+                base,
+                user.client_key.as_ref(),
+                user.client_key_data.as_ref(),
+                "client-key",
+            )?,
             token,
             tls_server_name: cluster.tls_server_name.filter(|s| !s.is_empty()),
         })
@@ -172,18 +245,28 @@ impl Access {
 
     /// In-cluster configuration, when `KUBERNETES_SERVICE_HOST`/`_PORT` are set: the service
     /// account's token and CA from `sa_dir`.
-    pub fn in_cluster(get_env: impl Fn(&str) -> Option<String>, sa_dir: &Path) -> Result<Option<Access>> {
+    pub fn in_cluster(
+        get_env: impl Fn(&str) -> Option<String>,
+        sa_dir: &Path,
+    ) -> Result<Option<Access>> {
         let (Some(host), Some(port)) = (
             get_env("KUBERNETES_SERVICE_HOST").filter(|h| !h.is_empty()),
             get_env("KUBERNETES_SERVICE_PORT").filter(|p| !p.is_empty()),
         ) else {
             return Ok(None);
         };
-        let host = if host.contains(':') { format!("[{host}]") } else { host };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
         let ca = sa_dir.join("ca.crt");
         Ok(Some(Access {
             server: format!("https://{host}:{port}"),
-            ca_pem: Some(std::fs::read(&ca).with_context(|| format!("reading in-cluster CA {}", ca.display()))?),
+            ca_pem: Some(
+                std::fs::read(&ca)
+                    .with_context(|| format!("reading in-cluster CA {}", ca.display()))?,
+            ),
             token: Some(read_token(&sa_dir.join("token"))?),
             ..Access::default()
         }))
@@ -191,7 +274,8 @@ impl Access {
 }
 
 fn read_token(path: &Path) -> Result<String> {
-    let token = std::fs::read_to_string(path).with_context(|| format!("reading token file {}", path.display()))?;
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading token file {}", path.display()))?;
     Ok(token.trim().to_string())
 }
 
@@ -238,11 +322,19 @@ mod tests {
         std::fs::write(d.join("kc.json"), kc).unwrap();
         let a = Access::from_kubeconfig(&d.join("kc.json")).unwrap();
         assert_eq!(a.ca_pem.as_deref(), Some(&b"CAFILE"[..]));
-        assert_eq!(a.token.as_deref(), Some("tok-1"), "the only context is used without current-context");
+        assert_eq!(
+            a.token.as_deref(),
+            Some("tok-1"),
+            "the only context is used without current-context"
+        );
         assert!(a.insecure);
         std::fs::write(d.join("token"), "tok-2").unwrap();
         let a = Access::from_kubeconfig(&d.join("kc.json")).unwrap();
-        assert_eq!(a.token.as_deref(), Some("tok-2"), "a rotated token is picked up");
+        assert_eq!(
+            a.token.as_deref(),
+            Some("tok-2"),
+            "a rotated token is picked up"
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -250,15 +342,29 @@ mod tests {
     fn kubeconfig_errors_name_the_problem() {
         let d = dir("bad");
         let cases = [
-            ("current-context: nope\ncontexts: []\nclusters: []\n", "no context named \"nope\""),
-            ("clusters: [{name: c, cluster: {server: ''}}]\n", "no server"),
-            ("clusters: [{name: c, cluster: {server: 'https://x', certificate-authority-data: '!!'}}]\n", "not base64"),
-            ("clusters: [{name: c, cluster: {server: 'https://x', certificate-authority: missing.pem}}]\n", "missing.pem"),
+            (
+                "current-context: nope\ncontexts: []\nclusters: []\n",
+                "no context named \"nope\"",
+            ),
+            (
+                "clusters: [{name: c, cluster: {server: ''}}]\n",
+                "no server",
+            ),
+            (
+                "clusters: [{name: c, cluster: {server: 'https://x', certificate-authority-data: '!!'}}]\n",
+                "not base64",
+            ),
+            (
+                "clusters: [{name: c, cluster: {server: 'https://x', certificate-authority: missing.pem}}]\n",
+                "missing.pem",
+            ),
             ("clusters: {", "kubeconfig"),
         ];
         for (text, fragment) in cases {
             std::fs::write(d.join("kc"), text).unwrap();
-            let e = crate::error::CniError::from_anyhow(&Access::from_kubeconfig(&d.join("kc")).unwrap_err());
+            let e = crate::error::CniError::from_anyhow(
+                &Access::from_kubeconfig(&d.join("kc")).unwrap_err(),
+            );
             assert!(e.msg.contains(fragment), "{text}: {}", e.msg);
         }
         std::fs::remove_dir_all(&d).unwrap();

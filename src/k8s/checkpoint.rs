@@ -20,15 +20,27 @@ impl Devices {
     /// Reads the checkpoint JSON for the pod with `pod_uid`. Both layouts of `DeviceIDs` are
     /// accepted: a list (older kubelets) and a map of NUMA node to list.
     pub fn from_checkpoint(json: &[u8], pod_uid: &str) -> Result<Devices> {
-        let v: Value = serde_json::from_slice(json)
-            .map_err(|e| coded(Code::Decode, format!("kubelet checkpoint is not valid JSON: {e}")))?;
+        let v: Value = serde_json::from_slice(json).map_err(|e| {
+            coded(
+                Code::Decode,
+                format!("kubelet checkpoint is not valid JSON: {e}"),
+            )
+        })?;
         let mut by_resource: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let entries = v.pointer("/Data/PodDeviceEntries").and_then(Value::as_array).into_iter().flatten();
+        let entries = v
+            .pointer("/Data/PodDeviceEntries")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten();
         for entry in entries.filter(|e| e.get("PodUID").and_then(Value::as_str) == Some(pod_uid)) {
-            let Some(resource) = entry.get("ResourceName").and_then(Value::as_str) else { continue };
+            let Some(resource) = entry.get("ResourceName").and_then(Value::as_str) else {
+                continue;
+            };
             let ids = by_resource.entry(resource.to_string()).or_default();
             match entry.get("DeviceIDs") {
-                Some(Value::Array(list)) => ids.extend(list.iter().filter_map(Value::as_str).map(String::from)),
+                Some(Value::Array(list)) => {
+                    ids.extend(list.iter().filter_map(Value::as_str).map(String::from))
+                }
                 Some(Value::Object(numa)) => {
                     for list in numa.values().filter_map(Value::as_array) {
                         ids.extend(list.iter().filter_map(Value::as_str).map(String::from));
@@ -41,12 +53,19 @@ impl Devices {
             ids.sort();
             ids.dedup();
         }
-        Ok(Devices { by_resource, next: BTreeMap::new() })
+        Ok(Devices {
+            by_resource,
+            next: BTreeMap::new(),
+        })
     }
 
     /// The next unused device of `resource`.
     pub fn take(&mut self, resource: &str) -> Result<String> {
-        let ids = self.by_resource.get(resource).map(Vec::as_slice).unwrap_or_default();
+        let ids = self
+            .by_resource
+            .get(resource)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let next = self.next.entry(resource.to_string()).or_default();
         let id = ids.get(*next).cloned().ok_or_else(|| {
             coded(

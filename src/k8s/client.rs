@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::access::Access;
-use crate::error::{Code, CniError, coded};
+use crate::error::{CniError, Code, coded};
 
 /// Timeouts and retry budget for API calls.
 #[derive(Debug, Clone, Copy)]
@@ -33,7 +33,11 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { connect: Duration::from_secs(2), total: Duration::from_secs(10), attempts: 3 }
+        Timeouts {
+            connect: Duration::from_secs(2),
+            total: Duration::from_secs(10),
+            attempts: 3,
+        }
     }
 }
 
@@ -68,8 +72,14 @@ pub struct Pod {
 impl Pod {
     /// A static pod's mirror: its UID is not the one kubelet knows, so UID checks skip it.
     pub fn is_static(&self) -> bool {
-        self.metadata.annotations.get("kubernetes.io/config.source").is_some_and(|s| s != "api")
-            || self.metadata.annotations.contains_key("kubernetes.io/config.mirror")
+        self.metadata
+            .annotations
+            .get("kubernetes.io/config.source")
+            .is_some_and(|s| s != "api")
+            || self
+                .metadata
+                .annotations
+                .contains_key("kubernetes.io/config.mirror")
     }
 }
 
@@ -102,14 +112,17 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("server", &self.server).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
     }
 }
 
 impl Client {
     /// A client for `access`. Nothing is sent until the first call.
     pub fn new(access: &Access, timeouts: Timeouts) -> Result<Client> {
-        let tls = tls_config(access).with_context(|| format!("TLS set-up for {}", access.server))?;
+        let tls =
+            tls_config(access).with_context(|| format!("TLS set-up for {}", access.server))?;
         let mut builder = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .connect_timeout(timeouts.connect)
@@ -121,7 +134,8 @@ impl Client {
         if let Some(name) = &access.tls_server_name {
             // Verify the certificate against tls-server-name while connecting to the address in
             // `server`: address the name, and resolve it to that address.
-            let url = reqwest::Url::parse(&server).with_context(|| format!("server URL {server:?}"))?;
+            let url =
+                reqwest::Url::parse(&server).with_context(|| format!("server URL {server:?}"))?;
             let addr = url
                 .socket_addrs(|| Some(443))
                 .with_context(|| format!("resolving {server}"))?
@@ -136,7 +150,13 @@ impl Client {
             .enable_all()
             .build()
             .context("starting the API client runtime")?;
-        Ok(Client { http, runtime, server, token: access.token.clone(), timeouts })
+        Ok(Client {
+            http,
+            runtime,
+            server,
+            token: access.token.clone(),
+            timeouts,
+        })
     }
 
     /// `GET` a pod; `Ok(None)` when it does not exist.
@@ -150,7 +170,9 @@ impl Client {
 
     /// `GET` a NetworkAttachmentDefinition; `Ok(None)` when it (or its CRD) does not exist.
     pub fn get_nad(&self, namespace: &str, name: &str) -> Result<Option<Nad>> {
-        let path = format!("/apis/k8s.cni.cncf.io/v1/namespaces/{namespace}/network-attachment-definitions/{name}");
+        let path = format!(
+            "/apis/k8s.cni.cncf.io/v1/namespaces/{namespace}/network-attachment-definitions/{name}"
+        );
         match self.call(Method::GET, &path, None)? {
             Reply::Ok(body) => Ok(Some(decode(&body, &path)?)),
             Reply::NotFound(_) => Ok(None),
@@ -161,9 +183,16 @@ impl Client {
     pub fn patch_pod_status(&self, namespace: &str, name: &str, patch: &Value) -> Result<()> {
         let path = format!("/api/v1/namespaces/{namespace}/pods/{name}/status");
         let body = serde_json::to_vec(patch).context("encoding patch")?;
-        match self.call(Method::PATCH, &path, Some(("application/merge-patch+json", body)))? {
+        match self.call(
+            Method::PATCH,
+            &path,
+            Some(("application/merge-patch+json", body)),
+        )? {
             Reply::Ok(_) => Ok(()),
-            Reply::NotFound(s) => Err(coded(Code::Internal, format!("PATCH {path}: pod not found: {}", s.message))),
+            Reply::NotFound(s) => Err(coded(
+                Code::Internal,
+                format!("PATCH {path}: pod not found: {}", s.message),
+            )),
         }
     }
 
@@ -183,12 +212,17 @@ impl Client {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut req = self.http.request(method.clone(), &url).header("Accept", "application/json");
+            let mut req = self
+                .http
+                .request(method.clone(), &url)
+                .header("Accept", "application/json");
             if let Some(token) = &self.token {
                 req = req.bearer_auth(token);
             }
             if let Some((content_type, bytes)) = &body {
-                req = req.header("Content-Type", *content_type).body(bytes.clone());
+                req = req
+                    .header("Content-Type", *content_type)
+                    .body(bytes.clone());
             }
             let outcome = self.runtime.block_on(async {
                 let resp = req.send().await?;
@@ -203,17 +237,28 @@ impl Client {
             });
             let (retry, wait, err) = match outcome {
                 Ok((status, _, bytes)) if status.is_success() => return Ok(Reply::Ok(bytes)),
-                Ok((StatusCode::NOT_FOUND, _, bytes)) => return Ok(Reply::NotFound(ApiStatus::from_body(404, &bytes))),
+                Ok((StatusCode::NOT_FOUND, _, bytes)) => {
+                    return Ok(Reply::NotFound(ApiStatus::from_body(404, &bytes)));
+                }
                 Ok((status, retry_after, bytes)) => {
                     let st = ApiStatus::from_body(status.as_u16(), &bytes);
-                    let transient = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+                    let transient =
+                        status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
                     let wait = retry_after.map(Duration::from_secs);
                     (transient, wait, st.into_error(&method, path))
                 }
                 Err(e) => {
                     let transient = e.is_connect() || e.is_timeout() || e.is_request();
-                    let code = if transient { Code::TryAgainLater } else { Code::Io };
-                    (transient, None, coded(code, format!("{method} {url}: {}", error_chain(&e))))
+                    let code = if transient {
+                        Code::TryAgainLater
+                    } else {
+                        Code::Io
+                    };
+                    (
+                        transient,
+                        None,
+                        coded(code, format!("{method} {url}: {}", error_chain(&e))),
+                    )
                 }
             };
             let backoff = wait.unwrap_or(Duration::from_millis(100 << attempt.min(6)));
@@ -244,10 +289,22 @@ impl ApiStatus {
         match serde_json::from_slice::<Value>(body) {
             Ok(v) if v.get("kind").and_then(Value::as_str) == Some("Status") => ApiStatus {
                 code,
-                reason: v.get("reason").and_then(Value::as_str).unwrap_or_default().to_string(),
-                message: v.get("message").and_then(Value::as_str).unwrap_or_default().to_string(),
+                reason: v
+                    .get("reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                message: v
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
             },
-            _ => ApiStatus { code, reason: String::new(), message: String::from_utf8_lossy(body).trim().to_string() },
+            _ => ApiStatus {
+                code,
+                reason: String::new(),
+                message: String::from_utf8_lossy(body).trim().to_string(),
+            },
         }
     }
 
@@ -262,8 +319,19 @@ impl ApiStatus {
             403 => " (RBAC does not allow this)",
             _ => "",
         };
-        let reason = if self.reason.is_empty() { String::new() } else { format!(" {}", self.reason) };
-        CniError::new(code, format!("{method} {path}: {}{reason}: {}{hint}", self.code, self.message)).into()
+        let reason = if self.reason.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", self.reason)
+        };
+        CniError::new(
+            code,
+            format!(
+                "{method} {path}: {}{reason}: {}{hint}",
+                self.code, self.message
+            ),
+        )
+        .into()
     }
 }
 
@@ -288,7 +356,9 @@ fn tls_config(access: &Access) -> Result<rustls::ClientConfig> {
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
     let builder = if access.insecure {
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
     } else {
         let ca = access.ca_pem.as_deref().ok_or_else(|| {
             coded(
@@ -298,11 +368,17 @@ fn tls_config(access: &Access) -> Result<rustls::ClientConfig> {
         })?;
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(ca) {
-            let cert = cert.map_err(|e| coded(Code::InvalidConfig, format!("certificate-authority: {e}")))?;
-            roots.add(cert).map_err(|e| coded(Code::InvalidConfig, format!("certificate-authority: {e}")))?;
+            let cert = cert
+                .map_err(|e| coded(Code::InvalidConfig, format!("certificate-authority: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| coded(Code::InvalidConfig, format!("certificate-authority: {e}")))?;
         }
         if roots.is_empty() {
-            return Err(coded(Code::InvalidConfig, "certificate-authority holds no PEM certificate"));
+            return Err(coded(
+                Code::InvalidConfig,
+                "certificate-authority holds no PEM certificate",
+            ));
         }
         builder.with_root_certificates(roots)
     };
@@ -313,12 +389,18 @@ fn tls_config(access: &Access) -> Result<rustls::ClientConfig> {
                 .map_err(|e| coded(Code::InvalidConfig, format!("client-certificate: {e}")))?;
             let key = PrivateKeyDer::from_pem_slice(key)
                 .map_err(|e| coded(Code::InvalidConfig, format!("client-key: {e}")))?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| coded(Code::InvalidConfig, format!("client certificate and key: {e}")))
+            builder.with_client_auth_cert(certs, key).map_err(|e| {
+                coded(
+                    Code::InvalidConfig,
+                    format!("client certificate and key: {e}"),
+                )
+            })
         }
         (None, None) => Ok(builder.with_no_client_auth()),
-        _ => Err(coded(Code::InvalidConfig, "client-certificate and client-key must be given together")),
+        _ => Err(coded(
+            Code::InvalidConfig,
+            "client-certificate and client-key must be given together",
+        )),
     }
 }
 
@@ -345,7 +427,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -354,7 +441,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {

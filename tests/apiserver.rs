@@ -1,0 +1,633 @@
+//! A stand-in for kube-apiserver: a real HTTPS server (its own CA, TLS 1.2/1.3) that serves Pod
+//! and NetworkAttachmentDefinition objects shaped as the real server returns them, and is as
+//! strict as the real one where multihome could get it wrong:
+//!
+//! - authentication by bearer token or client certificate, 401 otherwise; tokens bound to a
+//!   user without rights get 403;
+//! - errors are `Status` objects with `reason` and `code`;
+//! - every write bumps `resourceVersion`; a patch carrying a stale `resourceVersion` gets 409;
+//! - PATCH takes `application/merge-patch+json` only (RFC 7386 semantics), 415 otherwise; the
+//!   status subresource cannot change `spec`; annotation values must be strings;
+//! - events need a name (or generateName) and a namespace matching the URL;
+//! - the NAD CRD can be "uninstalled" (404 for its whole group, as an unknown resource gets).
+//!
+//! It runs on 127.0.0.1 inside a network namespace, records every request, counts TLS
+//! connections, and can be told to fail the next requests (500, 429 with Retry-After).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::{Value, json};
+
+/// A forced reply for the next request.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    pub code: u16,
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    pods: BTreeMap<(String, String), Value>,
+    nads: BTreeMap<(String, String), Value>,
+    events: Vec<Value>,
+    requests: Vec<(String, String)>,
+    connections: usize,
+    resource_version: u64,
+    faults: VecDeque<Fault>,
+    crd_missing: bool,
+}
+
+/// The PEM material a client needs.
+pub struct Credentials {
+    pub ca_pem: String,
+    pub client_cert_pem: String,
+    pub client_key_pem: String,
+    pub token: String,
+    pub forbidden_token: String,
+}
+
+pub struct ApiServer {
+    pub addr: SocketAddr,
+    pub creds: Credentials,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+fn reason_phrase(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        201 => "Created",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        415 => "Unsupported Media Type",
+        422 => "Unprocessable Entity",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        _ => "Unknown",
+    }
+}
+
+/// RFC 7386 JSON merge patch.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let t = target.as_object_mut().unwrap();
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
+impl ApiServer {
+    /// Starts the server on 127.0.0.1 of the network namespace `netns`.
+    pub fn start(netns: &str) -> ApiServer {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "multihome-test-ca");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let ca_pem = ca_cert.pem();
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let server_key = KeyPair::generate().unwrap();
+        let server_params =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
+
+        let client_key = KeyPair::generate().unwrap();
+        let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        client_params
+            .distinguished_name
+            .push(DnType::CommonName, "system:multihome");
+        let client_cert = client_params.signed_by(&client_key, &issuer).unwrap();
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(ca_cert.der().to_vec()))
+            .unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                vec![CertificateDer::from(server_cert.der().to_vec())],
+                PrivateKeyDer::from_pem_slice(server_key.serialize_pem().as_bytes()).unwrap(),
+            )
+            .unwrap();
+        let config = Arc::new(config);
+
+        // Bind inside the namespace from a thread of our own; the socket stays in that
+        // namespace wherever it is used from.
+        let ns_path = format!("/run/netns/{netns}");
+        let listener = std::thread::spawn(move || {
+            let f = std::fs::File::open(&ns_path).unwrap();
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            TcpListener::bind("127.0.0.1:0").unwrap()
+        })
+        .join()
+        .unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+
+        let creds = Credentials {
+            ca_pem,
+            client_cert_pem: client_cert.pem(),
+            client_key_pem: client_key.serialize_pem(),
+            token: format!("token-{}", std::process::id()),
+            forbidden_token: "token-without-rights".to_string(),
+        };
+        let state = Arc::new(Mutex::new(State::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (state, stop) = (state.clone(), stop.clone());
+            let tokens = (creds.token.clone(), creds.forbidden_token.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let (state, config, tokens, stop) =
+                                (state.clone(), config.clone(), tokens.clone(), stop.clone());
+                            std::thread::spawn(move || serve(stream, config, state, tokens, stop));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        };
+        ApiServer {
+            addr,
+            creds,
+            state,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops listening and drops open connections: the API is down.
+    pub fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    fn next_rv(state: &mut State) -> String {
+        state.resource_version += 1;
+        state.resource_version.to_string()
+    }
+
+    /// Adds a pod; returns its UID.
+    pub fn add_pod(&self, namespace: &str, name: &str, annotations: Value) -> String {
+        let mut st = self.state.lock().unwrap();
+        let uid = format!("uid-{namespace}-{name}-{}", st.resource_version + 1);
+        let rv = Self::next_rv(&mut st);
+        let pod = json!({
+            "kind": "Pod", "apiVersion": "v1",
+            "metadata": {"name": name, "namespace": namespace, "uid": uid, "resourceVersion": rv,
+                         "creationTimestamp": "2026-11-22T06:00:00Z", "annotations": annotations,
+                         "labels": {"app": name}},
+            "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}], "nodeName": "node-1",
+                     "restartPolicy": "Always", "dnsPolicy": "ClusterFirst"},
+            "status": {"phase": "Pending", "qosClass": "BestEffort"}
+        });
+        st.pods.insert((namespace.into(), name.into()), pod);
+        uid
+    }
+
+    /// Adds a NetworkAttachmentDefinition with `config` as `spec.config` (None: empty spec).
+    pub fn add_nad(&self, namespace: &str, name: &str, config: Option<&Value>, annotations: Value) {
+        let mut st = self.state.lock().unwrap();
+        let rv = Self::next_rv(&mut st);
+        let spec = match config {
+            Some(c) => json!({"config": c.to_string()}),
+            None => json!({}),
+        };
+        let nad = json!({
+            "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+            "metadata": {"name": name, "namespace": namespace, "uid": format!("nad-uid-{rv}"), "resourceVersion": rv,
+                         "generation": 1, "creationTimestamp": "2026-11-22T06:00:00Z", "annotations": annotations},
+            "spec": spec
+        });
+        st.nads.insert((namespace.into(), name.into()), nad);
+    }
+
+    pub fn pod(&self, namespace: &str, name: &str) -> Value {
+        self.state.lock().unwrap().pods[&(namespace.to_string(), name.to_string())].clone()
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.state.lock().unwrap().events.clone()
+    }
+
+    /// Requests since the last call, as "METHOD path".
+    pub fn take_requests(&self) -> Vec<String> {
+        let mut st = self.state.lock().unwrap();
+        st.requests
+            .drain(..)
+            .map(|(m, p)| format!("{m} {p}"))
+            .collect()
+    }
+
+    /// TLS connections since the last call.
+    pub fn take_connections(&self) -> usize {
+        std::mem::take(&mut self.state.lock().unwrap().connections)
+    }
+
+    pub fn inject(&self, fault: Fault) {
+        self.state.lock().unwrap().faults.push_back(fault);
+    }
+
+    pub fn uninstall_crd(&self) {
+        self.state.lock().unwrap().crd_missing = true;
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct Request {
+    method: String,
+    path: String,
+    headers: BTreeMap<String, String>,
+    body: Vec<u8>,
+}
+
+fn read_request(reader: &mut impl BufRead) -> Option<Request> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next()?.to_string(), parts.next()?.to_string());
+    let mut headers = BTreeMap::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+    }
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).ok()?;
+    Some(Request {
+        method,
+        path,
+        headers,
+        body,
+    })
+}
+
+fn serve(
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    state: Arc<Mutex<State>>,
+    tokens: (String, String),
+    stop: Arc<AtomicBool>,
+) {
+    // Blocking reads: each multihome process closes its connection when it exits.
+    stream.set_nonblocking(false).unwrap();
+    let conn = rustls::ServerConnection::new(config).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, stream);
+    // Complete the handshake before counting the connection.
+    while tls.conn.is_handshaking() {
+        if stop.load(Ordering::SeqCst) || tls.conn.complete_io(&mut tls.sock).is_err() {
+            return;
+        }
+    }
+    state.lock().unwrap().connections += 1;
+    let has_client_cert = tls.conn.peer_certificates().is_some_and(|c| !c.is_empty());
+    let mut reader = BufReader::new(tls);
+    while let Some(req) = read_request(&mut reader) {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let (code, body, extra) = handle(&req, &state, &tokens, has_client_cert);
+        let body = serde_json::to_vec(&body).unwrap();
+        let mut head = format!(
+            "HTTP/1.1 {code} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            reason_phrase(code),
+            body.len()
+        );
+        for (k, v) in extra {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let out = reader.get_mut();
+        if out
+            .write_all(head.as_bytes())
+            .and_then(|_| out.write_all(&body))
+            .and_then(|_| out.flush())
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+type Reply = (u16, Value, Vec<(String, String)>);
+
+fn handle(
+    req: &Request,
+    state: &Mutex<State>,
+    tokens: &(String, String),
+    client_cert: bool,
+) -> Reply {
+    let mut st = state.lock().unwrap();
+    st.requests.push((req.method.clone(), req.path.clone()));
+    if let Some(f) = st.faults.pop_front() {
+        let extra = f
+            .retry_after
+            .map(|s| vec![("Retry-After".to_string(), s.to_string())])
+            .unwrap_or_default();
+        let reason = if f.code == 429 {
+            "TooManyRequests"
+        } else {
+            "InternalError"
+        };
+        return (f.code, status(f.code, reason, "injected fault"), extra);
+    }
+    // Authentication, then authorization.
+    match req
+        .headers
+        .get("authorization")
+        .and_then(|a| a.strip_prefix("Bearer "))
+    {
+        Some(t) if t == tokens.0 => {}
+        Some(t) if t == tokens.1 => {
+            let msg = format!(
+                "User \"system:serviceaccount:kube-system:nobody\" cannot {} resource at {}",
+                req.method.to_lowercase(),
+                req.path
+            );
+            return (403, status(403, "Forbidden", &msg), vec![]);
+        }
+        Some(_) => return (401, status(401, "Unauthorized", "Unauthorized"), vec![]),
+        None if client_cert => {}
+        None => return (401, status(401, "Unauthorized", "Unauthorized"), vec![]),
+    }
+    let path = req.path.split('?').next().unwrap_or_default();
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["api", "v1", "namespaces", ns, "pods", name] => match req.method.as_str() {
+            "GET" => match st.pods.get(&(ns.to_string(), name.to_string())) {
+                Some(p) => (200, p.clone(), vec![]),
+                None => (
+                    404,
+                    status(404, "NotFound", &format!("pods \"{name}\" not found")),
+                    vec![],
+                ),
+            },
+            _ => (
+                405,
+                status(
+                    405,
+                    "MethodNotAllowed",
+                    "the server does not allow this method on the requested resource",
+                ),
+                vec![],
+            ),
+        },
+        ["api", "v1", "namespaces", ns, "pods", name, "status"] => match req.method.as_str() {
+            "PATCH" => patch_pod_status(&mut st, ns, name, req),
+            _ => (
+                405,
+                status(
+                    405,
+                    "MethodNotAllowed",
+                    "the server does not allow this method on the requested resource",
+                ),
+                vec![],
+            ),
+        },
+        ["api", "v1", "namespaces", ns, "events"] if req.method == "POST" => {
+            create_event(&mut st, ns, req)
+        }
+        [
+            "apis",
+            "k8s.cni.cncf.io",
+            "v1",
+            "namespaces",
+            ns,
+            "network-attachment-definitions",
+            name,
+        ] => {
+            if st.crd_missing {
+                return (
+                    404,
+                    status(
+                        404,
+                        "NotFound",
+                        "the server could not find the requested resource",
+                    ),
+                    vec![],
+                );
+            }
+            match (
+                req.method.as_str(),
+                st.nads.get(&(ns.to_string(), name.to_string())),
+            ) {
+                ("GET", Some(n)) => (200, n.clone(), vec![]),
+                ("GET", None) => (
+                    404,
+                    status(
+                        404,
+                        "NotFound",
+                        &format!(
+                            "network-attachment-definitions.k8s.cni.cncf.io \"{name}\" not found"
+                        ),
+                    ),
+                    vec![],
+                ),
+                _ => (
+                    405,
+                    status(
+                        405,
+                        "MethodNotAllowed",
+                        "the server does not allow this method on the requested resource",
+                    ),
+                    vec![],
+                ),
+            }
+        }
+        _ => (
+            404,
+            status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+            vec![],
+        ),
+    }
+}
+
+fn patch_pod_status(st: &mut State, ns: &str, name: &str, req: &Request) -> Reply {
+    let content_type = req
+        .headers
+        .get("content-type")
+        .map(String::as_str)
+        .unwrap_or_default();
+    if content_type != "application/merge-patch+json" {
+        let msg = format!(
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml; got {content_type:?}"
+        );
+        return (415, status(415, "UnsupportedMediaType", &msg), vec![]);
+    }
+    let Ok(patch) = serde_json::from_slice::<Value>(&req.body) else {
+        return (
+            400,
+            status(400, "BadRequest", "error decoding patch"),
+            vec![],
+        );
+    };
+    let key = (ns.to_string(), name.to_string());
+    let rv = st.resource_version + 1;
+    let Some(pod) = st.pods.get_mut(&key) else {
+        return (
+            404,
+            status(404, "NotFound", &format!("pods \"{name}\" not found")),
+            vec![],
+        );
+    };
+    if let Some(want) = patch
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+    {
+        if pod["metadata"]["resourceVersion"] != want {
+            let msg = format!(
+                "Operation cannot be fulfilled on pods \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+            );
+            return (409, status(409, "Conflict", &msg), vec![]);
+        }
+    }
+    let mut updated = pod.clone();
+    merge_patch(&mut updated, &patch);
+    if let Some(annotations) = updated
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+    {
+        if let Some((k, _)) = annotations.iter().find(|(_, v)| !v.is_string()) {
+            let msg = format!(
+                "Pod in version \"v1\" cannot be handled as a Pod: metadata.annotations[{k:?}] must be a string"
+            );
+            return (400, status(400, "BadRequest", &msg), vec![]);
+        }
+    }
+    // The status subresource ignores spec changes, as the real pod status strategy does.
+    updated["spec"] = pod["spec"].clone();
+    updated["metadata"]["resourceVersion"] = json!(rv.to_string());
+    *pod = updated.clone();
+    st.resource_version = rv;
+    (200, updated, vec![])
+}
+
+fn create_event(st: &mut State, ns: &str, req: &Request) -> Reply {
+    let Ok(mut ev) = serde_json::from_slice::<Value>(&req.body) else {
+        return (
+            400,
+            status(400, "BadRequest", "error decoding event"),
+            vec![],
+        );
+    };
+    if ev["metadata"]["namespace"]
+        .as_str()
+        .is_some_and(|n| n != ns)
+    {
+        return (
+            400,
+            status(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ),
+            vec![],
+        );
+    }
+    let name = ev["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if name.is_empty()
+        || ev["involvedObject"]["name"].as_str().is_none()
+        || ev["reason"].as_str().is_none()
+    {
+        return (
+            422,
+            status(
+                422,
+                "Invalid",
+                "Event is invalid: metadata.name, involvedObject and reason are required",
+            ),
+            vec![],
+        );
+    }
+    if st
+        .events
+        .iter()
+        .any(|e| e["metadata"]["name"] == name.as_str())
+    {
+        return (
+            409,
+            status(
+                409,
+                "AlreadyExists",
+                &format!("events \"{name}\" already exists"),
+            ),
+            vec![],
+        );
+    }
+    let rv = ApiServer::next_rv(st);
+    ev["metadata"]["resourceVersion"] = json!(rv);
+    st.events.push(ev.clone());
+    (201, ev, vec![])
+}

@@ -1,0 +1,599 @@
+//! Kubernetes mode end to end: the API stand-in in the test's host namespace, real plugins,
+//! pods whose annotations ask for networks.
+
+use std::path::PathBuf;
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::apiserver::{ApiServer, Fault};
+use crate::harness::{Run, World, write_json};
+
+const NS: &str = "pods";
+const STATUS: &str = "k8s.v1.cni.cncf.io/network-status";
+
+enum Auth {
+    Token,
+    ClientCert,
+    WrongToken,
+    ForbiddenToken,
+}
+
+struct Kube {
+    w: World,
+    api: ApiServer,
+}
+
+impl Kube {
+    fn new(tag: &str) -> Kube {
+        let w = World::new(tag);
+        let api = ApiServer::start(&w.host.name);
+        w.veth_master("mvm0");
+        let k = Kube { w, api };
+        k.api.add_nad(
+            NS,
+            "macvlan-net",
+            Some(&k.w.macvlan_net("1.0.0", "mvm0")),
+            json!({}),
+        );
+        k.api
+            .add_nad(NS, "ptp-net", Some(&k.w.ptp_net("1.0.0")), json!({}));
+        k
+    }
+
+    fn kubeconfig(&self, auth: Auth) -> PathBuf {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let c = &self.api.creds;
+        let user = match auth {
+            Auth::Token => format!("token: {}", c.token),
+            Auth::WrongToken => "token: expired-token".to_string(),
+            Auth::ForbiddenToken => format!("token: {}", c.forbidden_token),
+            Auth::ClientCert => format!(
+                "client-certificate-data: {}\n    client-key-data: {}",
+                b64(&c.client_cert_pem),
+                b64(&c.client_key_pem)
+            ),
+        };
+        let text = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: test\nclusters:\n- name: test\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: multihome\n  user:\n    {user}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: multihome\n",
+            self.api.url(),
+            b64(&c.ca_pem)
+        );
+        let path = self.w.dir.join(format!("kubeconfig-{}", rand_suffix()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// multihome's config: the cluster network inline, Kubernetes through a token kubeconfig.
+    fn conf(&self) -> Value {
+        let mut conf = self.w.conf("1.0.0", vec![self.w.cluster_net("1.0.0")]);
+        conf["kubeconfig"] = json!(self.kubeconfig(Auth::Token));
+        conf
+    }
+
+    fn pod(&self, name: &str, annotations: Value) -> String {
+        self.api.add_pod(NS, name, annotations)
+    }
+
+    fn run(&self, command: &str, conf: &Value, pod: &str, uid: &str) -> Run {
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={NS};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={uid}",
+            self.w.container_id
+        );
+        self.w.run_with(command, conf, &[("CNI_ARGS", &args)])
+    }
+
+    fn status(&self, pod: &str) -> Value {
+        let p = self.api.pod(NS, pod);
+        let text = p["metadata"]["annotations"][STATUS]
+            .as_str()
+            .expect("network-status written");
+        serde_json::from_str(text).unwrap()
+    }
+
+    fn assert_clean(&self) {
+        assert_eq!(
+            self.w.pod.links(),
+            Vec::<String>::new(),
+            "pod interfaces left behind"
+        );
+        assert_eq!(
+            self.w.all_reserved_ips(),
+            vec![],
+            "host-local still holds IPs"
+        );
+        assert!(!self.w.cache_file().exists(), "cache entry left behind");
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn ip_of(w: &World, ifname: &str) -> String {
+    let a = w.pod.addrs_of(ifname);
+    assert_eq!(a.len(), 1, "{ifname}: {a:?}");
+    a[0].split('/').next().unwrap().to_string()
+}
+
+fn mac_of(w: &World, ifname: &str) -> String {
+    let out = crate::harness::sh(&["ip", "-n", &w.pod.name, "-j", "link", "show", ifname]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v[0]["address"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn short_form_with_iface_attaches_writes_status_and_counts_requests() {
+    let k = Kube::new("k8short");
+    let uid = k.pod(
+        "web",
+        json!({"k8s.v1.cni.cncf.io/networks": "macvlan-net@storage0, ptp-net", "keep": "me"}),
+    );
+    let conf = k.conf();
+    let out = k.run("ADD", &conf, "web", &uid).success().stdout;
+    assert_eq!(out["cniVersion"], "1.0.0");
+    assert_eq!(
+        k.w.pod.links(),
+        ["eth0", "net2", "storage0"],
+        "index counts over the whole list"
+    );
+
+    let status = k.status("web");
+    let entries = status.as_array().unwrap();
+    assert_eq!(entries.len(), 3);
+    let e0 = &entries[0];
+    assert_eq!(e0["name"], "cluster");
+    assert_eq!(e0["interface"], "eth0");
+    assert_eq!(e0["default"], true);
+    assert_eq!(e0["ips"], json!([ip_of(&k.w, "eth0")]));
+    assert_eq!(e0["mac"], mac_of(&k.w, "eth0"));
+    assert_eq!(e0["gateway"], json!(["198.18.0.1"]));
+    assert_eq!(e0["dns"], json!({}));
+    let e1 = &entries[1];
+    assert_eq!(
+        (e1["name"].as_str(), e1["interface"].as_str()),
+        (Some("pods/macvlan-net"), Some("storage0"))
+    );
+    assert_eq!(e1["default"], false);
+    assert_eq!(e1["ips"], json!([ip_of(&k.w, "storage0")]));
+    assert_eq!(e1["mac"], mac_of(&k.w, "storage0"));
+    assert!(e1.get("gateway").is_none());
+    let e2 = &entries[2];
+    assert_eq!(
+        (e2["name"].as_str(), e2["interface"].as_str()),
+        (Some("pods/ptp-net"), Some("net2"))
+    );
+    assert_eq!(e2["ips"], json!([ip_of(&k.w, "net2")]));
+    assert_eq!(
+        k.api.pod(NS, "web")["metadata"]["annotations"]["keep"],
+        "me",
+        "the merge patch kept other annotations"
+    );
+
+    let requests = k.api.take_requests();
+    assert_eq!(
+        requests[..4],
+        [
+            "GET /api/v1/namespaces/pods/pods/web".to_string(),
+            "GET /apis/k8s.cni.cncf.io/v1/namespaces/pods/network-attachment-definitions/macvlan-net".to_string(),
+            "GET /apis/k8s.cni.cncf.io/v1/namespaces/pods/network-attachment-definitions/ptp-net".to_string(),
+            "PATCH /api/v1/namespaces/pods/pods/web/status".to_string(),
+        ]
+    );
+    assert_eq!(
+        requests[4..],
+        vec!["POST /api/v1/namespaces/pods/events".to_string(); 3],
+        "{requests:?}"
+    );
+    assert_eq!(
+        k.api.take_connections(),
+        1,
+        "one TLS connection per invocation"
+    );
+    let events = k.api.events();
+    assert_eq!(events[1]["reason"], "AddedInterface");
+    assert!(
+        events[1]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Add storage0 [198.18.1."),
+        "{}",
+        events[1]["message"]
+    );
+
+    k.w.run("CHECK", &conf).success();
+    k.run("DEL", &conf, "web", &uid).success();
+    assert_eq!(
+        k.api.take_requests(),
+        Vec::<String>::new(),
+        "DEL from the cache makes no API request"
+    );
+    k.assert_clean();
+}
+
+#[test]
+fn json_form_interface_request_namespaces_and_repeated_networks() {
+    let k = Kube::new("k8json");
+    k.api
+        .add_nad("shared", "ptp-net", Some(&k.w.ptp_net("1.0.0")), json!({}));
+    let annotation = json!([
+        {"name": "macvlan-net", "interfaceRequest": "legacy0"},
+        {"name": "ptp-net", "namespace": "shared", "interface": "p2p0"},
+        {"name": "macvlan-net", "unknown-key": true}
+    ]);
+    let uid = k.pod(
+        "db",
+        json!({"k8s.v1.cni.cncf.io/networks": annotation.to_string()}),
+    );
+    let conf = k.conf();
+    k.run("ADD", &conf, "db", &uid).success();
+    assert_eq!(k.w.pod.links(), ["eth0", "legacy0", "net3", "p2p0"]);
+    let names: Vec<String> = k
+        .status("db")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "cluster",
+            "pods/macvlan-net",
+            "shared/ptp-net",
+            "pods/macvlan-net"
+        ]
+    );
+    let nad_gets = k
+        .api
+        .take_requests()
+        .iter()
+        .filter(|r| r.contains("network-attachment-definitions"))
+        .count();
+    assert_eq!(nad_gets, 2, "one GET per distinct NAD");
+    k.run("DEL", &conf, "db", &uid).success();
+    k.assert_clean();
+}
+
+#[test]
+fn namespace_isolation_allows_own_and_global_namespaces_and_denies_others() {
+    let k = Kube::new("k8iso");
+    k.api
+        .add_nad("default", "ptp-net", Some(&k.w.ptp_net("1.0.0")), json!({}));
+    k.api
+        .add_nad("other", "ptp-net", Some(&k.w.ptp_net("1.0.0")), json!({}));
+    let mut conf = k.conf();
+    conf["namespaceIsolation"] = json!(true);
+
+    let uid = k.pod(
+        "ok",
+        json!({"k8s.v1.cni.cncf.io/networks": "macvlan-net,default/ptp-net"}),
+    );
+    k.run("ADD", &conf, "ok", &uid).success();
+    assert_eq!(k.w.pod.links(), ["eth0", "net1", "net2"]);
+    k.run("DEL", &conf, "ok", &uid).success();
+    k.assert_clean();
+
+    for annotation in [
+        "other/ptp-net".to_string(),
+        json!([{"name": "ptp-net", "namespace": "other"}]).to_string(),
+    ] {
+        let uid = k.pod("denied", json!({"k8s.v1.cni.cncf.io/networks": annotation}));
+        let err = k.run("ADD", &conf, "denied", &uid).failure();
+        let msg = err["msg"].as_str().unwrap();
+        assert!(
+            msg.contains("namespaceIsolation") && msg.contains("other/ptp-net"),
+            "{annotation}: {msg}"
+        );
+        assert_eq!(err["code"], 7);
+        k.assert_clean();
+    }
+}
+
+#[test]
+fn cluster_network_from_a_nad_and_the_default_network_override() {
+    let k = Kube::new("k8cluster");
+    k.api.add_nad(
+        "kube-system",
+        "cluster-nad",
+        Some(&k.w.cluster_net("1.0.0")),
+        json!({}),
+    );
+    let mut alt = k.w.ptp_net("1.0.0");
+    alt["name"] = json!("alt-cluster");
+    alt["ipam"]["subnet"] = json!("198.18.7.0/24");
+    k.api
+        .add_nad("kube-system", "alt-cluster", Some(&alt), json!({}));
+    let mut conf = k.conf();
+    conf.as_object_mut().unwrap().remove("delegates");
+    conf["clusterNetwork"] = json!("cluster-nad");
+
+    let uid = k.pod("a", json!({"k8s.v1.cni.cncf.io/networks": "ptp-net"}));
+    k.run("ADD", &conf, "a", &uid).success();
+    assert!(ip_of(&k.w, "eth0").starts_with("198.18.0."));
+    assert_eq!(k.status("a")[0]["name"], "kube-system/cluster-nad");
+    k.run("DEL", &conf, "a", &uid).success();
+    k.assert_clean();
+
+    let uid = k.pod("b", json!({"v1.multus-cni.io/default-network": "alt-cluster", "k8s.v1.cni.cncf.io/networks": "macvlan-net"}));
+    k.run("ADD", &conf, "b", &uid).success();
+    assert!(
+        ip_of(&k.w, "eth0").starts_with("198.18.7."),
+        "the annotation replaced the cluster network"
+    );
+    let status = k.status("b");
+    assert_eq!(
+        (status[0]["name"].as_str(), status[0]["default"].as_bool()),
+        (Some("kube-system/alt-cluster"), Some(true))
+    );
+    assert_eq!(status[1]["interface"], "net1");
+    k.run("DEL", &conf, "b", &uid).success();
+    k.assert_clean();
+}
+
+#[test]
+fn empty_nad_config_falls_back_to_the_conf_dir_file_of_that_name() {
+    let k = Kube::new("k8empty");
+    let conf_dir = k.w.dir.join("net.d");
+    let mut file_net = k.w.ptp_net("1.0.0");
+    file_net["name"] = json!("from-file");
+    write_json(&conf_dir.join("30-from-file.conf"), &file_net);
+    k.api.add_nad(NS, "from-file", None, json!({}));
+    let mut conf = k.conf();
+    conf["confDir"] = json!(conf_dir);
+    let uid = k.pod("f", json!({"k8s.v1.cni.cncf.io/networks": "from-file"}));
+    k.run("ADD", &conf, "f", &uid).success();
+    assert!(ip_of(&k.w, "net1").starts_with("198.18.2."));
+    k.run("DEL", &conf, "f", &uid).success();
+    k.assert_clean();
+}
+
+#[test]
+fn static_ip_and_mac_through_ips_and_mac_with_static_ipam_and_tuning() {
+    let k = Kube::new("k8static");
+    let nad = json!({"cniVersion": "1.0.0", "name": "static-net", "plugins": [
+        {"type": "macvlan", "master": "mvm0", "mode": "bridge", "capabilities": {"ips": true},
+         "ipam": {"type": "static"}},
+        {"type": "tuning", "capabilities": {"mac": true}}
+    ]});
+    k.api.add_nad(NS, "static-net", Some(&nad), json!({}));
+    let annotation = json!([{"name": "static-net", "ips": ["198.18.3.10/24"], "mac": "02:11:22:33:44:55",
+                             "cni-args": {"note": "from-annotation"}}]);
+    let uid = k.pod(
+        "s",
+        json!({"k8s.v1.cni.cncf.io/networks": annotation.to_string()}),
+    );
+    let conf = k.conf();
+    k.run("ADD", &conf, "s", &uid).success();
+    assert_eq!(k.w.pod.addrs_of("net1"), ["198.18.3.10/24"]);
+    assert_eq!(mac_of(&k.w, "net1"), "02:11:22:33:44:55");
+    let status = k.status("s");
+    assert_eq!(
+        (status[1]["ips"].clone(), status[1]["mac"].clone()),
+        (json!(["198.18.3.10"]), json!("02:11:22:33:44:55"))
+    );
+    let cache: Value = serde_json::from_slice(&std::fs::read(k.w.cache_file()).unwrap()).unwrap();
+    let att = &cache["attachments"][1];
+    assert_eq!(
+        att["network"]["plugins"][0]["args"]["cni"]["note"], "from-annotation",
+        "cni-args reached the delegate config"
+    );
+    assert!(
+        att["cniArgs"].to_string().contains("198.18.3.10/24"),
+        "IP= is passed too: {}",
+        att["cniArgs"]
+    );
+    k.run("DEL", &conf, "s", &uid).success();
+    k.assert_clean();
+
+    // A request the network cannot honour is refused before anything runs.
+    let uid = k.pod("nocap", json!({"k8s.v1.cni.cncf.io/networks": json!([{"name": "ptp-net", "mac": "02:00:00:00:00:09"}]).to_string()}));
+    let err = k.run("ADD", &conf, "nocap", &uid).failure();
+    assert!(
+        err["msg"].as_str().unwrap().contains("\"mac\" capability"),
+        "{err}"
+    );
+    k.assert_clean();
+}
+
+#[test]
+fn uid_mismatch_is_refused_except_for_static_pods() {
+    let k = Kube::new("k8uid");
+    let conf = k.conf();
+    k.pod(
+        "recreated",
+        json!({"k8s.v1.cni.cncf.io/networks": "ptp-net"}),
+    );
+    let err = k
+        .run("ADD", &conf, "recreated", "uid-of-the-old-pod")
+        .failure();
+    assert_eq!(err["code"], 3);
+    assert!(
+        err["msg"].as_str().unwrap().contains("uid-of-the-old-pod"),
+        "{err}"
+    );
+    k.assert_clean();
+
+    k.pod(
+        "static-web",
+        json!({"kubernetes.io/config.source": "file", "kubernetes.io/config.mirror": "abc",
+                               "k8s.v1.cni.cncf.io/networks": "ptp-net"}),
+    );
+    k.run("ADD", &conf, "static-web", "kubelet-local-uid")
+        .success();
+    assert_eq!(k.w.pod.links(), ["eth0", "net1"]);
+    k.run("DEL", &conf, "static-web", "kubelet-local-uid")
+        .success();
+    k.assert_clean();
+}
+
+#[test]
+fn pod_not_found_attaches_the_cluster_network_only() {
+    let k = Kube::new("k8nopod");
+    let conf = k.conf();
+    k.run("ADD", &conf, "mirror-not-yet", "u").success();
+    assert_eq!(k.w.pod.links(), ["eth0"]);
+    let requests = k.api.take_requests();
+    assert_eq!(
+        requests,
+        ["GET /api/v1/namespaces/pods/pods/mirror-not-yet"],
+        "no status write for a missing pod"
+    );
+    k.run("DEL", &conf, "mirror-not-yet", "u").success();
+    k.assert_clean();
+}
+
+#[test]
+fn del_works_from_the_cache_when_the_api_server_is_down() {
+    let mut k = Kube::new("k8down");
+    let uid = k.pod(
+        "p",
+        json!({"k8s.v1.cni.cncf.io/networks": "macvlan-net,ptp-net"}),
+    );
+    let conf = k.conf();
+    k.run("ADD", &conf, "p", &uid).success();
+    k.api.shutdown();
+    k.run("DEL", &conf, "p", &uid).success();
+    k.assert_clean();
+    k.run("DEL", &conf, "p", &uid).success();
+}
+
+#[test]
+fn authentication_failures_are_clear_and_client_certificates_work() {
+    let k = Kube::new("k8auth");
+    let uid = k.pod("p", json!({"k8s.v1.cni.cncf.io/networks": "ptp-net"}));
+    let mut conf = k.conf();
+
+    conf["kubeconfig"] = json!(k.kubeconfig(Auth::WrongToken));
+    let err = k.run("ADD", &conf, "p", &uid).failure();
+    let msg = err["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("401") && msg.contains("Unauthorized") && msg.contains("pods/p"),
+        "{msg}"
+    );
+    assert!(msg.contains("kubeconfig"), "says what to check: {msg}");
+    k.assert_clean();
+
+    conf["kubeconfig"] = json!(k.kubeconfig(Auth::ForbiddenToken));
+    let err = k.run("ADD", &conf, "p", &uid).failure();
+    assert!(err["msg"].as_str().unwrap().contains("403"), "{err}");
+    k.assert_clean();
+
+    conf["kubeconfig"] = json!(k.kubeconfig(Auth::ClientCert));
+    k.run("ADD", &conf, "p", &uid).success();
+    assert_eq!(k.w.pod.links(), ["eth0", "net1"]);
+    k.run("DEL", &conf, "p", &uid).success();
+    k.assert_clean();
+}
+
+#[test]
+fn missing_nad_or_crd_fails_naming_it() {
+    let k = Kube::new("k8missing");
+    let conf = k.conf();
+    let uid = k.pod(
+        "p",
+        json!({"k8s.v1.cni.cncf.io/networks": "ptp-net, nope-net"}),
+    );
+    let err = k.run("ADD", &conf, "p", &uid).failure();
+    assert!(
+        err["msg"].as_str().unwrap().contains("pods/nope-net"),
+        "{err}"
+    );
+    k.assert_clean();
+    k.api.uninstall_crd();
+    let uid = k.pod("q", json!({"k8s.v1.cni.cncf.io/networks": "ptp-net"}));
+    let err = k.run("ADD", &conf, "q", &uid).failure();
+    assert!(err["msg"].as_str().unwrap().contains("CRD"), "{err}");
+    k.assert_clean();
+}
+
+#[test]
+fn malformed_annotation_fails_quoting_the_element() {
+    let k = Kube::new("k8bad");
+    let conf = k.conf();
+    let uid = k.pod("p", json!({"k8s.v1.cni.cncf.io/networks": r#"[{"name":"ptp-net"},{"name":"macvlan-net","ips":"198.18.1.9"}]"#}));
+    let err = k.run("ADD", &conf, "p", &uid).failure();
+    let msg = err["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("element 1") && msg.contains(r#""ips":"198.18.1.9""#),
+        "{msg}"
+    );
+    assert_eq!(err["code"], 7);
+    k.assert_clean();
+}
+
+#[test]
+fn transient_api_errors_are_retried_within_the_budget() {
+    let k = Kube::new("k8retry");
+    let conf = k.conf();
+    let uid = k.pod("p", json!({"k8s.v1.cni.cncf.io/networks": "ptp-net"}));
+    k.api.inject(Fault {
+        code: 500,
+        retry_after: None,
+    });
+    k.api.inject(Fault {
+        code: 429,
+        retry_after: Some(1),
+    });
+    k.run("ADD", &conf, "p", &uid).success();
+    let gets = k
+        .api
+        .take_requests()
+        .iter()
+        .filter(|r| r.ends_with("/pods/p"))
+        .count();
+    assert_eq!(gets, 3, "two failures, then the pod");
+    k.run("DEL", &conf, "p", &uid).success();
+
+    let mut one_try = conf.clone();
+    one_try["apiAttempts"] = json!(1);
+    k.api.inject(Fault {
+        code: 500,
+        retry_after: None,
+    });
+    let err = k.run("ADD", &one_try, "p", &uid).failure();
+    assert_eq!(
+        err["code"], 11,
+        "a server error is 'try again later': {err}"
+    );
+    k.assert_clean();
+}
+
+#[test]
+fn resource_name_hands_out_checkpointed_devices() {
+    let k = Kube::new("k8dev");
+    let uid = k.pod("p", json!({"k8s.v1.cni.cncf.io/networks": "vf-a,vf-b"}));
+    let mut vf = k.w.ptp_net("1.0.0");
+    vf["capabilities"] = json!({"deviceID": true});
+    for (name, subnet) in [("vf-a", "198.18.4.0/24"), ("vf-b", "198.18.5.0/24")] {
+        let mut net = vf.clone();
+        net["name"] = json!(name);
+        net["ipam"]["subnet"] = json!(subnet);
+        k.api.add_nad(
+            NS,
+            name,
+            Some(&net),
+            json!({"k8s.v1.cni.cncf.io/resourceName": "example.com/vf"}),
+        );
+    }
+    let checkpoint = k.w.dir.join("kubelet_internal_checkpoint");
+    let cp = json!({"Data": {"PodDeviceEntries": [
+        {"PodUID": uid, "ContainerName": "app", "ResourceName": "example.com/vf",
+         "DeviceIDs": {"0": ["0000:03:00.2", "0000:03:00.1"]}}], "RegisteredDevices": {}}, "Checksum": 0});
+    write_json(&checkpoint, &cp);
+    let mut conf = k.conf();
+    conf["kubeletCheckpointFile"] = json!(checkpoint);
+    k.run("ADD", &conf, "p", &uid).success();
+    let cache: Value = serde_json::from_slice(&std::fs::read(k.w.cache_file()).unwrap()).unwrap();
+    for (i, id) in [(1, "0000:03:00.1"), (2, "0000:03:00.2")] {
+        let att = &cache["attachments"][i];
+        assert_eq!(att["network"]["plugins"][0]["deviceID"], id);
+        assert_eq!(att["network"]["plugins"][0]["pciBusID"], id);
+        assert_eq!(att["runtimeConfig"]["deviceID"], id);
+    }
+    k.run("DEL", &conf, "p", &uid).success();
+    k.assert_clean();
+}
