@@ -15,7 +15,7 @@
 //! connections, and can be told to fail the next requests (500, 429 with Retry-After).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +31,8 @@ use serde_json::{Value, json};
 pub struct Fault {
     pub code: u16,
     pub retry_after: Option<u64>,
+    /// Only requests whose path contains this are failed (all requests when empty).
+    pub path_contains: &'static str,
 }
 
 #[derive(Default)]
@@ -384,7 +386,11 @@ fn handle(
 ) -> Reply {
     let mut st = state.lock().unwrap();
     st.requests.push((req.method.clone(), req.path.clone()));
-    if let Some(f) = st.faults.pop_front() {
+    let hit = st
+        .faults
+        .iter()
+        .position(|f| req.path.contains(f.path_contains));
+    if let Some(f) = hit.and_then(|i| st.faults.remove(i)) {
         let extra = f
             .retry_after
             .map(|s| vec![("Retry-After".to_string(), s.to_string())])

@@ -409,3 +409,29 @@ fn del_reports_failures_continues_and_honours_retry_delete_on_error() {
         }
     }
 }
+
+#[test]
+fn add_waits_for_the_readiness_indicator_file_and_del_does_not() {
+    let w = World::new("ready");
+    let indicator = w.dir.join("cluster-ready");
+    let mut conf = w.conf("1.0.0", vec![w.cluster_net("1.0.0")]);
+    conf["readinessindicatorfile"] = json!(indicator);
+    let started = std::time::Instant::now();
+    let writer = {
+        let indicator = indicator.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(400));
+            std::fs::write(indicator, "ok").unwrap();
+        })
+    };
+    w.run("ADD", &conf).success();
+    writer.join().unwrap();
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(400),
+        "ADD waited for the file"
+    );
+    assert_eq!(w.pod.links(), ["eth0"]);
+    std::fs::remove_file(&indicator).unwrap();
+    w.run("DEL", &conf).success();
+    assert_all_released(&w);
+}

@@ -533,10 +533,12 @@ fn transient_api_errors_are_retried_within_the_budget() {
     k.api.inject(Fault {
         code: 500,
         retry_after: None,
+        path_contains: "",
     });
     k.api.inject(Fault {
         code: 429,
         retry_after: Some(1),
+        path_contains: "",
     });
     k.run("ADD", &conf, "p", &uid).success();
     let gets = k
@@ -553,6 +555,7 @@ fn transient_api_errors_are_retried_within_the_budget() {
     k.api.inject(Fault {
         code: 500,
         retry_after: None,
+        path_contains: "",
     });
     let err = k.run("ADD", &one_try, "p", &uid).failure();
     assert_eq!(
@@ -594,6 +597,29 @@ fn resource_name_hands_out_checkpointed_devices() {
         assert_eq!(att["network"]["plugins"][0]["pciBusID"], id);
         assert_eq!(att["runtimeConfig"]["deviceID"], id);
     }
+    k.run("DEL", &conf, "p", &uid).success();
+    k.assert_clean();
+}
+
+#[test]
+fn a_failing_event_never_fails_add() {
+    let k = Kube::new("k8event");
+    let conf = k.conf();
+    let uid = k.pod("p", json!({"k8s.v1.cni.cncf.io/networks": "ptp-net"}));
+    for _ in 0..10 {
+        k.api.inject(Fault {
+            code: 500,
+            retry_after: None,
+            path_contains: "/events",
+        });
+    }
+    k.run("ADD", &conf, "p", &uid).success();
+    assert_eq!(k.w.pod.links(), ["eth0", "net1"]);
+    assert_eq!(
+        k.status("p").as_array().unwrap().len(),
+        2,
+        "network-status was still written"
+    );
     k.run("DEL", &conf, "p", &uid).success();
     k.assert_clean();
 }
