@@ -386,6 +386,8 @@ pub struct StatusInput<'a> {
     pub default: bool,
     /// Its ADD result, in the 1.0 shape.
     pub result: &'a Value,
+    /// The device-info of its device, if any.
+    pub device_info: Option<&'a Value>,
 }
 
 /// The `k8s.v1.cni.cncf.io/network-status` entries for the attachments. Addresses are written
@@ -451,6 +453,9 @@ fn status_entry(input: &StatusInput<'_>) -> Value {
         "dns".into(),
         r.get("dns").cloned().unwrap_or_else(|| json!({})),
     );
+    if let Some(info) = input.device_info {
+        entry.insert("device-info".into(), info.clone());
+    }
     let gateways = default_gateways(r, &ips);
     if !gateways.is_empty() {
         entry.insert("gateway".into(), json!(gateways));
@@ -757,18 +762,22 @@ mod tests {
         let secondary = json!({"cniVersion": "1.0.0",
             "interfaces": [{"name": "net1", "mac": "aa:00:00:00:00:03", "sandbox": "/run/netns/p"}],
             "ips": [{"address": "198.18.1.5/24", "interface": 0}]});
+        let info =
+            json!({"type": "pci", "version": "1.1.0", "pci": {"pci-address": "0000:03:00.1"}});
         let status = network_status(&[
             StatusInput {
                 name: "cluster",
                 ifname: "eth0",
                 default: true,
                 result: &cluster,
+                device_info: None,
             },
             StatusInput {
                 name: "pods/mv",
                 ifname: "net1",
                 default: false,
                 result: &secondary,
+                device_info: Some(&info),
             },
         ]);
         assert_eq!(
@@ -780,7 +789,7 @@ mod tests {
         assert_eq!(
             status[1],
             json!({"name": "pods/mv", "interface": "net1", "ips": ["198.18.1.5"], "mac": "aa:00:00:00:00:03",
-                   "default": false, "dns": {}})
+                   "default": false, "dns": {}, "device-info": info})
         );
     }
 }

@@ -196,6 +196,7 @@ mod tests {
                     ifname: "eth0".into(),
                     cni_args: vec![("IgnoreUnknown".into(), "1".into())],
                     runtime_config: serde_json::Map::new(),
+                    device_info: None,
                 },
                 result: Some(json!({"cniVersion": "1.0.0", "ips": []})),
             }],

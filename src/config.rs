@@ -85,6 +85,7 @@ struct Wire {
     api_timeout: Option<f64>,
     api_attempts: Option<u32>,
     kubelet_checkpoint_file: Option<PathBuf>,
+    device_info_dir: Option<PathBuf>,
 }
 
 /// multihome's validated configuration, with Multus defaults applied.
@@ -138,7 +139,12 @@ pub struct NetConf {
     pub api_timeouts: Timeouts,
     /// `kubeletCheckpointFile`: where device-plugin allocations are read for `resourceName`.
     pub kubelet_checkpoint_file: PathBuf,
+    /// `deviceInfoDir`: the device-info directory of the NPWG device-info spec.
+    pub device_info_dir: PathBuf,
 }
+
+/// Default `deviceInfoDir`.
+pub const DEFAULT_DEVICE_INFO_DIR: &str = "/var/run/k8s.cni.cncf.io/devinfo";
 
 /// Default `kubeletCheckpointFile`.
 pub const DEFAULT_CHECKPOINT_FILE: &str =
@@ -260,6 +266,9 @@ impl NetConf {
             kubelet_checkpoint_file: wire
                 .kubelet_checkpoint_file
                 .unwrap_or_else(|| DEFAULT_CHECKPOINT_FILE.into()),
+            device_info_dir: wire
+                .device_info_dir
+                .unwrap_or_else(|| DEFAULT_DEVICE_INFO_DIR.into()),
         })
     }
 }

@@ -330,6 +330,7 @@ mod tests {
             ifname: "net1".into(),
             cni_args: vec![],
             runtime_config: rc.as_object().unwrap().clone(),
+            device_info: None,
         }
     }
 

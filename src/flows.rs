@@ -304,14 +304,16 @@ impl Resolver<'_> {
                 ),
             )
         })?;
-        let device_id = match resource {
-            Some(resource) => Some(
-                self.device(&resource)
-                    .with_context(|| format!("network {:?}", el.qualified_name()))?,
-            ),
-            None => None,
+        let Some(resource) = resource else {
+            return Selection::from_element(el, network, None);
         };
-        Selection::from_element(el, network, device_id)
+        let id = self
+            .device(&resource)
+            .with_context(|| format!("network {:?}", el.qualified_name()))?;
+        let info = device_info(&self.conf.device_info_dir, &resource, &id);
+        let mut sel = Selection::from_element(el, network, Some(id))?;
+        sel.device_info = info;
+        Ok(sel)
     }
 
     fn device(&mut self, resource: &str) -> Result<String> {
@@ -331,6 +333,20 @@ impl Resolver<'_> {
         };
         self.devices.insert(devices).take(resource)
     }
+}
+
+/// The device plugin's device-info file for a device (NPWG device-info spec), if it wrote one:
+/// `<dir>/dp/<resource with '/' as '-'>-<device ID with '/' as '-'>-device.json`.
+fn device_info(dir: &std::path::Path, resource: &str, id: &str) -> Option<Value> {
+    let file = dir.join("dp").join(format!(
+        "{}-{}-device.json",
+        resource.replace('/', "-"),
+        id.replace('/', "-")
+    ));
+    let bytes = std::fs::read(&file).ok()?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| log::warn!("ignoring device-info {}: {e}", file.display()))
+        .ok()
 }
 
 /// ADD: attach every planned network; returns the cluster network's result in the caller's
@@ -469,6 +485,7 @@ fn status_of(record: &Record) -> Result<Value> {
             ifname: &a.attachment.ifname,
             default: i == 0,
             result,
+            device_info: a.attachment.device_info.as_ref(),
         })
         .collect();
     Ok(annotations::network_status(&inputs))

@@ -27,6 +27,8 @@ pub struct Selection {
     pub runtime_config: Map<String, Value>,
     /// `CNI_ARGS` pairs for this attachment only.
     pub args: Vec<Arg>,
+    /// The device plugin's description of the allocated device, for network-status.
+    pub device_info: Option<Value>,
 }
 
 impl Selection {
@@ -38,6 +40,7 @@ impl Selection {
             ifname: None,
             runtime_config: Map::new(),
             args: Vec::new(),
+            device_info: None,
         }
     }
 }
@@ -96,6 +99,7 @@ impl Selection {
             ifname: el.interface.clone(),
             runtime_config,
             args: el.cni_args(),
+            device_info: None,
         })
     }
 }
@@ -133,6 +137,9 @@ pub struct Attachment {
     pub cni_args: Vec<Arg>,
     /// Capability arguments, filtered per plugin by its `capabilities` at call time.
     pub runtime_config: Map<String, Value>,
+    /// The allocated device's description (network-status `device-info`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_info: Option<Value>,
 }
 
 /// Orders the selections into attachments. The first selection is the cluster network: it gets
@@ -180,6 +187,7 @@ pub fn plan(
             ifname,
             cni_args,
             runtime_config,
+            device_info: sel.device_info,
         });
     }
     Ok(attachments)

@@ -587,8 +587,15 @@ fn resource_name_hands_out_checkpointed_devices() {
         {"PodUID": uid, "ContainerName": "app", "ResourceName": "example.com/vf",
          "DeviceIDs": {"0": ["0000:03:00.2", "0000:03:00.1"]}}], "RegisteredDevices": {}}, "Checksum": 0});
     write_json(&checkpoint, &cp);
+    let devinfo = k.w.dir.join("devinfo");
+    let info = json!({"type": "pci", "version": "1.1.0", "pci": {"pci-address": "0000:03:00.1"}});
+    write_json(
+        &devinfo.join("dp/example.com-vf-0000:03:00.1-device.json"),
+        &info,
+    );
     let mut conf = k.conf();
     conf["kubeletCheckpointFile"] = json!(checkpoint);
+    conf["deviceInfoDir"] = json!(devinfo);
     k.run("ADD", &conf, "p", &uid).success();
     let cache: Value = serde_json::from_slice(&std::fs::read(k.w.cache_file()).unwrap()).unwrap();
     for (i, id) in [(1, "0000:03:00.1"), (2, "0000:03:00.2")] {
@@ -597,6 +604,15 @@ fn resource_name_hands_out_checkpointed_devices() {
         assert_eq!(att["network"]["plugins"][0]["pciBusID"], id);
         assert_eq!(att["runtimeConfig"]["deviceID"], id);
     }
+    let status = k.status("p");
+    assert_eq!(
+        status[1]["device-info"], info,
+        "the device plugin's device-info is reported"
+    );
+    assert!(
+        status[2].get("device-info").is_none(),
+        "no file, no device-info"
+    );
     k.run("DEL", &conf, "p", &uid).success();
     k.assert_clean();
 }
