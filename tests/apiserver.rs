@@ -378,6 +378,18 @@ fn serve(
 
 type Reply = (u16, Value, Vec<(String, String)>);
 
+fn error(code: u16, reason: &str, message: &str) -> Reply {
+    (code, status(code, reason, message), vec![])
+}
+
+fn method_not_allowed() -> Reply {
+    error(
+        405,
+        "MethodNotAllowed",
+        "the server does not allow this method on the requested resource",
+    )
+}
+
 fn handle(
     req: &Request,
     state: &Mutex<State>,
@@ -415,11 +427,11 @@ fn handle(
                 req.method.to_lowercase(),
                 req.path
             );
-            return (403, status(403, "Forbidden", &msg), vec![]);
+            return error(403, "Forbidden", &msg);
         }
-        Some(_) => return (401, status(401, "Unauthorized", "Unauthorized"), vec![]),
+        Some(_) => return error(401, "Unauthorized", "Unauthorized"),
         None if client_cert => {}
-        None => return (401, status(401, "Unauthorized", "Unauthorized"), vec![]),
+        None => return error(401, "Unauthorized", "Unauthorized"),
     }
     let path = req.path.split('?').next().unwrap_or_default();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -427,33 +439,13 @@ fn handle(
         ["api", "v1", "namespaces", ns, "pods", name] => match req.method.as_str() {
             "GET" => match st.pods.get(&(ns.to_string(), name.to_string())) {
                 Some(p) => (200, p.clone(), vec![]),
-                None => (
-                    404,
-                    status(404, "NotFound", &format!("pods \"{name}\" not found")),
-                    vec![],
-                ),
+                None => error(404, "NotFound", &format!("pods \"{name}\" not found")),
             },
-            _ => (
-                405,
-                status(
-                    405,
-                    "MethodNotAllowed",
-                    "the server does not allow this method on the requested resource",
-                ),
-                vec![],
-            ),
+            _ => method_not_allowed(),
         },
         ["api", "v1", "namespaces", ns, "pods", name, "status"] => match req.method.as_str() {
             "PATCH" => patch_pod_status(&mut st, ns, name, req),
-            _ => (
-                405,
-                status(
-                    405,
-                    "MethodNotAllowed",
-                    "the server does not allow this method on the requested resource",
-                ),
-                vec![],
-            ),
+            _ => method_not_allowed(),
         },
         ["api", "v1", "namespaces", ns, "events"] if req.method == "POST" => {
             create_event(&mut st, ns, req)
@@ -468,14 +460,10 @@ fn handle(
             name,
         ] => {
             if st.crd_missing {
-                return (
+                return error(
                     404,
-                    status(
-                        404,
-                        "NotFound",
-                        "the server could not find the requested resource",
-                    ),
-                    vec![],
+                    "NotFound",
+                    "the server could not find the requested resource",
                 );
             }
             match (
@@ -483,36 +471,18 @@ fn handle(
                 st.nads.get(&(ns.to_string(), name.to_string())),
             ) {
                 ("GET", Some(n)) => (200, n.clone(), vec![]),
-                ("GET", None) => (
+                ("GET", None) => error(
                     404,
-                    status(
-                        404,
-                        "NotFound",
-                        &format!(
-                            "network-attachment-definitions.k8s.cni.cncf.io \"{name}\" not found"
-                        ),
-                    ),
-                    vec![],
+                    "NotFound",
+                    &format!("network-attachment-definitions.k8s.cni.cncf.io \"{name}\" not found"),
                 ),
-                _ => (
-                    405,
-                    status(
-                        405,
-                        "MethodNotAllowed",
-                        "the server does not allow this method on the requested resource",
-                    ),
-                    vec![],
-                ),
+                _ => method_not_allowed(),
             }
         }
-        _ => (
+        _ => error(
             404,
-            status(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-            ),
-            vec![],
+            "NotFound",
+            "the server could not find the requested resource",
         ),
     }
 }
@@ -527,23 +497,15 @@ fn patch_pod_status(st: &mut State, ns: &str, name: &str, req: &Request) -> Repl
         let msg = format!(
             "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml; got {content_type:?}"
         );
-        return (415, status(415, "UnsupportedMediaType", &msg), vec![]);
+        return error(415, "UnsupportedMediaType", &msg);
     }
     let Ok(patch) = serde_json::from_slice::<Value>(&req.body) else {
-        return (
-            400,
-            status(400, "BadRequest", "error decoding patch"),
-            vec![],
-        );
+        return error(400, "BadRequest", "error decoding patch");
     };
     let key = (ns.to_string(), name.to_string());
     let rv = st.resource_version + 1;
     let Some(pod) = st.pods.get_mut(&key) else {
-        return (
-            404,
-            status(404, "NotFound", &format!("pods \"{name}\" not found")),
-            vec![],
-        );
+        return error(404, "NotFound", &format!("pods \"{name}\" not found"));
     };
     if let Some(want) = patch
         .pointer("/metadata/resourceVersion")
@@ -553,7 +515,7 @@ fn patch_pod_status(st: &mut State, ns: &str, name: &str, req: &Request) -> Repl
             let msg = format!(
                 "Operation cannot be fulfilled on pods \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
             );
-            return (409, status(409, "Conflict", &msg), vec![]);
+            return error(409, "Conflict", &msg);
         }
     }
     let mut updated = pod.clone();
@@ -566,7 +528,7 @@ fn patch_pod_status(st: &mut State, ns: &str, name: &str, req: &Request) -> Repl
             let msg = format!(
                 "Pod in version \"v1\" cannot be handled as a Pod: metadata.annotations[{k:?}] must be a string"
             );
-            return (400, status(400, "BadRequest", &msg), vec![]);
+            return error(400, "BadRequest", &msg);
         }
     }
     // The status subresource ignores spec changes, as the real pod status strategy does.
@@ -579,24 +541,16 @@ fn patch_pod_status(st: &mut State, ns: &str, name: &str, req: &Request) -> Repl
 
 fn create_event(st: &mut State, ns: &str, req: &Request) -> Reply {
     let Ok(mut ev) = serde_json::from_slice::<Value>(&req.body) else {
-        return (
-            400,
-            status(400, "BadRequest", "error decoding event"),
-            vec![],
-        );
+        return error(400, "BadRequest", "error decoding event");
     };
     if ev["metadata"]["namespace"]
         .as_str()
         .is_some_and(|n| n != ns)
     {
-        return (
+        return error(
             400,
-            status(
-                400,
-                "BadRequest",
-                "the namespace of the provided object does not match the namespace sent on the request",
-            ),
-            vec![],
+            "BadRequest",
+            "the namespace of the provided object does not match the namespace sent on the request",
         );
     }
     let name = ev["metadata"]["name"]
@@ -607,14 +561,10 @@ fn create_event(st: &mut State, ns: &str, req: &Request) -> Reply {
         || ev["involvedObject"]["name"].as_str().is_none()
         || ev["reason"].as_str().is_none()
     {
-        return (
+        return error(
             422,
-            status(
-                422,
-                "Invalid",
-                "Event is invalid: metadata.name, involvedObject and reason are required",
-            ),
-            vec![],
+            "Invalid",
+            "Event is invalid: metadata.name, involvedObject and reason are required",
         );
     }
     if st
@@ -622,14 +572,10 @@ fn create_event(st: &mut State, ns: &str, req: &Request) -> Reply {
         .iter()
         .any(|e| e["metadata"]["name"] == name.as_str())
     {
-        return (
+        return error(
             409,
-            status(
-                409,
-                "AlreadyExists",
-                &format!("events \"{name}\" already exists"),
-            ),
-            vec![],
+            "AlreadyExists",
+            &format!("events \"{name}\" already exists"),
         );
     }
     let rv = ApiServer::next_rv(st);
