@@ -197,6 +197,7 @@ mod tests {
                     cni_args: vec![("IgnoreUnknown".into(), "1".into())],
                     runtime_config: serde_json::Map::new(),
                     device_info: None,
+                    default_route: None,
                 },
                 result: Some(json!({"cniVersion": "1.0.0", "ips": []})),
             }],

@@ -331,6 +331,7 @@ mod tests {
             cni_args: vec![],
             runtime_config: rc.as_object().unwrap().clone(),
             device_info: None,
+            default_route: None,
         }
     }
 

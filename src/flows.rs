@@ -18,6 +18,7 @@ use crate::cni::env::{CniEnv, validate_ifname};
 use crate::cni::result::convert;
 use crate::cni::version::Version;
 use crate::config::{NetConf, NetworkConfig, find_network_by_name, resolve_network};
+use crate::default_route;
 use crate::delegate::{Runner, check_available, search_path};
 use crate::error::{CniError, Code, coded};
 use crate::k8s::checkpoint::Devices;
@@ -404,6 +405,13 @@ pub fn add(inv: &Invocation) -> Result<Value> {
     // Recorded before the first delegate runs: a crash mid-ADD still leaves DEL the whole plan.
     cache.save(&lock, &record)?;
 
+    let request = record
+        .attachments
+        .iter()
+        .position(|a| a.attachment.default_route.is_some());
+    let gateways = request
+        .and_then(|r| record.attachments[r].attachment.default_route.clone())
+        .unwrap_or_default();
     for k in 0..record.attachments.len() {
         let att = &record.attachments[k].attachment;
         match runner.add(att) {
@@ -415,8 +423,23 @@ pub fn add(inv: &Invocation) -> Result<Value> {
             }
         }
     }
+    let mut default_index = 0;
+    if let Some(r) = request {
+        let ifname = record.attachments[r].attachment.ifname.clone();
+        let settled = default_route::settle(&netns, &ifname, &gateways).and_then(|routes| {
+            default_route::rewrite_results(&mut record, &ifname, &routes).map(|()| routes)
+        });
+        match settled {
+            Ok(routes) if default_route::carries(&routes, &ifname) => default_index = r,
+            Ok(_) => {}
+            Err(err) => {
+                rollback(&runner, &cache, lock, &mut record, None)?;
+                return Err(err);
+            }
+        }
+    }
     if let Some(kube) = &kube {
-        if let Err(err) = report_status(kube, &record) {
+        if let Err(err) = report_status(kube, &record, default_index) {
             rollback(&runner, &cache, lock, &mut record, None)?;
             return Err(err);
         }
@@ -464,8 +487,10 @@ fn rollback(
     }
 }
 
-/// The status entries of the recorded attachments, results read in the 1.0 shape.
-fn status_of(record: &Record) -> Result<Value> {
+/// The status entries of the recorded attachments, results read in the 1.0 shape. The
+/// attachment `default_index` is the pod's default network: the cluster network, or the one
+/// that took over the default route.
+fn status_of(record: &Record, default_index: usize) -> Result<Value> {
     let v1 = Version::new(1, 0, 0);
     let results: Vec<Value> = record
         .attachments
@@ -483,7 +508,7 @@ fn status_of(record: &Record) -> Result<Value> {
         .map(|(i, (a, result))| StatusInput {
             name: &a.attachment.name,
             ifname: &a.attachment.ifname,
-            default: i == 0,
+            default: i == default_index,
             result,
             device_info: a.attachment.device_info.as_ref(),
         })
@@ -494,11 +519,12 @@ fn status_of(record: &Record) -> Result<Value> {
 /// Writes `network-status` with a merge PATCH of the pod's status subresource: only that
 /// annotation changes, so nothing else written by others can be lost. A pod deleted meanwhile
 /// is not an error (its DEL is coming).
-fn report_status(kube: &Kube, record: &Record) -> Result<()> {
+fn report_status(kube: &Kube, record: &Record, default_index: usize) -> Result<()> {
     let (Some(pod), Some(r)) = (&kube.pod, &kube.pod_ref) else {
         return Ok(());
     };
-    let status = serde_json::to_string(&status_of(record)?).context("encoding network-status")?;
+    let status = serde_json::to_string(&status_of(record, default_index)?)
+        .context("encoding network-status")?;
     let patch = json!({"metadata": {"annotations": {annotations::NETWORK_STATUS: status}}});
     match kube.client.patch_pod_status(&r.namespace, &r.name, &patch) {
         Err(e) if CniError::from_anyhow(&e).msg.contains("pod not found") => {

@@ -16,11 +16,13 @@ pub mod annotations;
 pub mod cache;
 pub mod cni;
 pub mod config;
+pub mod default_route;
 pub mod delegate;
 pub mod error;
 pub mod flows;
 pub mod k8s;
 pub mod logging;
+pub mod netlink;
 pub mod netns;
 pub mod plan;
 

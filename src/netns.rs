@@ -10,12 +10,11 @@ use std::future::Future;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
-use futures_util::TryStreamExt;
-use netlink_packet_route::link::LinkAttribute;
 use nix::sched::{CloneFlags, setns};
 use rtnetlink::Handle;
 
 use crate::error::{Code, coded};
+use crate::netlink;
 
 /// An open network namespace file (`/run/netns/x`, `/proc/<pid>/ns/net`).
 #[derive(Debug)]
@@ -75,15 +74,11 @@ impl NetNs {
     /// Names of all links in the namespace.
     pub fn link_names(&self) -> Result<Vec<String>> {
         self.with_netlink(|handle| async move {
-            let mut links = handle.link().get().execute();
-            let mut names = Vec::new();
-            while let Some(msg) = links.try_next().await.context("listing links")? {
-                names.extend(msg.attributes.into_iter().find_map(|a| match a {
-                    LinkAttribute::IfName(n) => Some(n),
-                    _ => None,
-                }));
-            }
-            Ok(names)
+            Ok(netlink::links(&handle)
+                .await?
+                .into_iter()
+                .map(|l| l.name)
+                .collect())
         })
         .with_context(|| format!("in netns {}", self.path))
     }

@@ -4,6 +4,7 @@
 //! without touching anything.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,8 @@ pub struct Selection {
     pub args: Vec<Arg>,
     /// The device plugin's description of the allocated device, for network-status.
     pub device_info: Option<Value>,
+    /// `default-route` gateways requested for this attachment (`Some(vec![])`: the empty list).
+    pub default_route: Option<Vec<IpAddr>>,
 }
 
 impl Selection {
@@ -41,6 +44,7 @@ impl Selection {
             runtime_config: Map::new(),
             args: Vec::new(),
             device_info: None,
+            default_route: None,
         }
     }
 }
@@ -100,6 +104,7 @@ impl Selection {
             runtime_config,
             args: el.cni_args(),
             device_info: None,
+            default_route: el.default_route.clone(),
         })
     }
 }
@@ -140,6 +145,9 @@ pub struct Attachment {
     /// The allocated device's description (network-status `device-info`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_info: Option<Value>,
+    /// `default-route` gateways this attachment should carry the pod's default route(s) through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_route: Option<Vec<IpAddr>>,
 }
 
 /// Orders the selections into attachments. The first selection is the cluster network: it gets
@@ -151,6 +159,7 @@ pub fn plan(
     pod_runtime_config: &Map<String, Value>,
     selections: Vec<Selection>,
 ) -> Result<Vec<Attachment>> {
+    check_default_route(&selections)?;
     let mut attachments: Vec<Attachment> = Vec::with_capacity(selections.len());
     let mut taken: HashMap<String, usize> = HashMap::new();
     for (index, sel) in selections.into_iter().enumerate() {
@@ -188,9 +197,93 @@ pub fn plan(
             cni_args,
             runtime_config,
             device_info: sel.device_info,
+            default_route: sel.default_route,
         });
     }
     Ok(attachments)
+}
+
+/// The network spec allows `default-route` on one element only, and multihome installs one
+/// default route per family (no ECMP).
+fn check_default_route(selections: &[Selection]) -> Result<()> {
+    let requesting: Vec<&Selection> = selections
+        .iter()
+        .filter(|s| s.default_route.is_some())
+        .collect();
+    if let [first, second, ..] = requesting.as_slice() {
+        return Err(coded(
+            Code::InvalidConfig,
+            format!(
+                "\"default-route\" is set on more than one network ({:?} and {:?}); only one may carry it",
+                first.name, second.name
+            ),
+        ));
+    }
+    if let Some(sel) = requesting.first() {
+        let gws = sel.default_route.as_deref().unwrap_or_default();
+        for v4 in [true, false] {
+            let family: Vec<String> = gws
+                .iter()
+                .filter(|g| g.is_ipv4() == v4)
+                .map(IpAddr::to_string)
+                .collect();
+            if family.len() > 1 {
+                return Err(coded(
+                    Code::InvalidConfig,
+                    format!(
+                        "network {:?}: \"default-route\" has more than one IPv{} gateway ({}); ECMP default routes are not supported",
+                        sel.name,
+                        if v4 { 4 } else { 6 },
+                        family.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What to change so that the attachment on link `oif` carries the default routes `request`
+/// asks for, given the namespace's default routes `(is IPv4, gateway, output link)`. Returns the
+/// indices of `current` to delete and the gateways to add a default route through on `oif`.
+///
+/// - A gateway of a family: every other default route of that family goes, then the route via
+///   the gateway is added (unless exactly it is there already).
+/// - The empty list: in each family where `oif` already has a default route (its delegate
+///   installed one), the default routes of that family on other links go; other families are
+///   left alone.
+pub fn default_route_changes(
+    current: &[(bool, Option<IpAddr>, Option<u32>)],
+    oif: u32,
+    request: &[IpAddr],
+) -> (Vec<usize>, Vec<IpAddr>) {
+    let mut delete = Vec::new();
+    let mut add = Vec::new();
+    for v4 in [true, false] {
+        let family: Vec<usize> = (0..current.len()).filter(|&i| current[i].0 == v4).collect();
+        match request.iter().find(|g| g.is_ipv4() == v4) {
+            Some(gw) => {
+                let keep = family
+                    .iter()
+                    .copied()
+                    .find(|&i| current[i].1 == Some(*gw) && current[i].2 == Some(oif));
+                delete.extend(family.iter().copied().filter(|&i| Some(i) != keep));
+                if keep.is_none() {
+                    add.push(*gw);
+                }
+            }
+            None if request.is_empty() && family.iter().any(|&i| current[i].2 == Some(oif)) => {
+                delete.extend(
+                    family
+                        .iter()
+                        .copied()
+                        .filter(|&i| current[i].2 != Some(oif)),
+                );
+            }
+            None => {}
+        }
+    }
+    (delete, add)
 }
 
 /// `IgnoreUnknown=1` and the pod identity (`K8S_*`) for every delegate; the caller's other pairs
@@ -419,6 +512,86 @@ mod tests {
             check_namespace_isolation("pods", &el, &global).unwrap_err()
         );
         assert!(msg.contains("other/a") && msg.contains("\"pods\""), "{msg}");
+    }
+
+    #[test]
+    fn default_route_is_validated_before_anything_runs() {
+        let with = |name: &str, gws: &[&str]| {
+            let mut s = Selection::plain(net(name));
+            s.default_route = Some(gws.iter().map(|g| g.parse().unwrap()).collect());
+            s
+        };
+        let two = vec![
+            Selection::plain(net("a")),
+            with("b", &[]),
+            with("c", &["198.18.1.1"]),
+        ];
+        let e = crate::error::CniError::from_anyhow(
+            &plan(&env("eth0", ""), &Map::new(), two).unwrap_err(),
+        );
+        assert!(
+            e.msg.contains("more than one network")
+                && e.msg.contains("\"b\"")
+                && e.msg.contains("\"c\""),
+            "{}",
+            e.msg
+        );
+        let ecmp = vec![
+            Selection::plain(net("a")),
+            with("b", &["198.18.1.1", "198.18.1.2"]),
+        ];
+        let e = crate::error::CniError::from_anyhow(
+            &plan(&env("eth0", ""), &Map::new(), ecmp).unwrap_err(),
+        );
+        assert!(
+            e.msg.contains("more than one IPv4 gateway") && e.msg.contains("198.18.1.2"),
+            "{}",
+            e.msg
+        );
+        let dual = vec![
+            Selection::plain(net("a")),
+            with("b", &["198.18.1.1", "2001:db8::1"]),
+        ];
+        let atts = plan(&env("eth0", ""), &Map::new(), dual).unwrap();
+        assert_eq!(atts[1].default_route.as_ref().map(Vec::len), Some(2));
+    }
+
+    #[test]
+    fn default_route_changes_table() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        // eth0 = 2 (cluster, v4 + v6 defaults), net1 = 3.
+        let current = vec![
+            (true, Some(ip("198.18.0.1")), Some(2)),
+            (false, Some(ip("2001:db8::1")), Some(2)),
+        ];
+        // IPv4 gateway on net1: the v4 default of eth0 goes, v6 untouched.
+        assert_eq!(
+            default_route_changes(&current, 3, &[ip("198.18.1.1")]),
+            (vec![0], vec![ip("198.18.1.1")])
+        );
+        // Both families requested.
+        assert_eq!(
+            default_route_changes(&current, 3, &[ip("198.18.1.1"), ip("fe80::1")]),
+            (vec![0, 1], vec![ip("198.18.1.1"), ip("fe80::1")])
+        );
+        // The requested route exists already: nothing to add, the other v4 default goes.
+        let both = vec![
+            (true, Some(ip("198.18.0.1")), Some(2)),
+            (true, Some(ip("198.18.1.1")), Some(3)),
+        ];
+        assert_eq!(
+            default_route_changes(&both, 3, &[ip("198.18.1.1")]),
+            (vec![0], vec![])
+        );
+        // The empty list: keep net1's own v4 default, drop eth0's; v6 (none on net1) untouched.
+        let own = vec![
+            (true, Some(ip("198.18.0.1")), Some(2)),
+            (false, Some(ip("2001:db8::1")), Some(2)),
+            (true, Some(ip("198.18.1.1")), Some(3)),
+        ];
+        assert_eq!(default_route_changes(&own, 3, &[]), (vec![0], vec![]));
+        // The empty list on an attachment whose delegate installed no default: nothing changes.
+        assert_eq!(default_route_changes(&current, 3, &[]), (vec![], vec![]));
     }
 
     #[test]

@@ -9,4 +9,5 @@ mod harness;
 
 mod binary;
 mod core_flows;
+mod default_route;
 mod kubernetes;

@@ -9,23 +9,23 @@ use serde_json::{Value, json};
 use crate::apiserver::{ApiServer, Fault};
 use crate::harness::{Run, World, write_json};
 
-const NS: &str = "pods";
+pub const NS: &str = "pods";
 const STATUS: &str = "k8s.v1.cni.cncf.io/network-status";
 
-enum Auth {
+pub enum Auth {
     Token,
     ClientCert,
     WrongToken,
     ForbiddenToken,
 }
 
-struct Kube {
-    w: World,
-    api: ApiServer,
+pub struct Kube {
+    pub w: World,
+    pub api: ApiServer,
 }
 
 impl Kube {
-    fn new(tag: &str) -> Kube {
+    pub fn new(tag: &str) -> Kube {
         let w = World::new(tag);
         let api = ApiServer::start(&w.host.name);
         w.veth_master("mvm0");
@@ -41,7 +41,7 @@ impl Kube {
         k
     }
 
-    fn kubeconfig(&self, auth: Auth) -> PathBuf {
+    pub fn kubeconfig(&self, auth: Auth) -> PathBuf {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let c = &self.api.creds;
         let user = match auth {
@@ -65,17 +65,17 @@ impl Kube {
     }
 
     /// multihome's config: the cluster network inline, Kubernetes through a token kubeconfig.
-    fn conf(&self) -> Value {
+    pub fn conf(&self) -> Value {
         let mut conf = self.w.conf("1.0.0", vec![self.w.cluster_net("1.0.0")]);
         conf["kubeconfig"] = json!(self.kubeconfig(Auth::Token));
         conf
     }
 
-    fn pod(&self, name: &str, annotations: Value) -> String {
+    pub fn pod(&self, name: &str, annotations: Value) -> String {
         self.api.add_pod(NS, name, annotations)
     }
 
-    fn run(&self, command: &str, conf: &Value, pod: &str, uid: &str) -> Run {
+    pub fn run(&self, command: &str, conf: &Value, pod: &str, uid: &str) -> Run {
         let args = format!(
             "IgnoreUnknown=1;K8S_POD_NAMESPACE={NS};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={uid}",
             self.w.container_id
@@ -83,7 +83,7 @@ impl Kube {
         self.w.run_with(command, conf, &[("CNI_ARGS", &args)])
     }
 
-    fn status(&self, pod: &str) -> Value {
+    pub fn status(&self, pod: &str) -> Value {
         let p = self.api.pod(NS, pod);
         let text = p["metadata"]["annotations"][STATUS]
             .as_str()
@@ -91,7 +91,7 @@ impl Kube {
         serde_json::from_str(text).unwrap()
     }
 
-    fn assert_clean(&self) {
+    pub fn assert_clean(&self) {
         assert_eq!(
             self.w.pod.links(),
             Vec::<String>::new(),
@@ -113,13 +113,13 @@ fn rand_suffix() -> u128 {
         .as_nanos()
 }
 
-fn ip_of(w: &World, ifname: &str) -> String {
+pub fn ip_of(w: &World, ifname: &str) -> String {
     let a = w.pod.addrs_of(ifname);
     assert_eq!(a.len(), 1, "{ifname}: {a:?}");
     a[0].split('/').next().unwrap().to_string()
 }
 
-fn mac_of(w: &World, ifname: &str) -> String {
+pub fn mac_of(w: &World, ifname: &str) -> String {
     let out = crate::harness::sh(&["ip", "-n", &w.pod.name, "-j", "link", "show", ifname]);
     let v: Value = serde_json::from_str(&out).unwrap();
     v[0]["address"].as_str().unwrap().to_string()

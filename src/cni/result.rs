@@ -184,6 +184,55 @@ fn current_to_v02(obj: &Map<String, Value>) -> Result<Map<String, Value>> {
     Ok(out)
 }
 
+/// Replaces a result's default routes of one family (IPv4 when `v4`) with routes through
+/// `gateways` (`None`: a default route without next hop). Works on every result version.
+pub fn set_default_routes(
+    result: &mut Value,
+    fallback: Version,
+    v4: bool,
+    gateways: &[Option<std::net::IpAddr>],
+) -> Result<()> {
+    let dst = if v4 { "0.0.0.0/0" } else { "::/0" };
+    let is_default = |r: &Value| {
+        r.get("dst")
+            .and_then(Value::as_str)
+            .and_then(|d| d.parse::<IpNetwork>().ok())
+            .is_some_and(|n| n.prefix() == 0 && n.is_ipv4() == v4)
+    };
+    let legacy = result_version(result, fallback)?.result_format() == ResultFormat::V02;
+    let Value::Object(obj) = result else {
+        return Err(coded(Code::Decode, "CNI result is not a JSON object"));
+    };
+    let holder = if legacy {
+        match obj
+            .get_mut(if v4 { "ip4" } else { "ip6" })
+            .and_then(Value::as_object_mut)
+        {
+            Some(fam) => fam,
+            // 0.2.0 cannot express a route of a family it has no address of.
+            None => return Ok(()),
+        }
+    } else {
+        obj
+    };
+    if let Some(Value::Array(routes)) = holder.get_mut("routes") {
+        routes.retain(|r| !is_default(r));
+    }
+    for gw in gateways {
+        let route = match gw {
+            Some(gw) => json!({"dst": dst, "gw": gw.to_string()}),
+            None => json!({"dst": dst}),
+        };
+        if let Value::Array(routes) = holder
+            .entry("routes")
+            .or_insert_with(|| Value::Array(Vec::new()))
+        {
+            routes.push(route);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,6 +411,33 @@ mod tests {
         r.as_object_mut().unwrap().remove("cniVersion");
         let out = convert(&r, v("0.2.0"), v("1.0.0")).unwrap();
         assert_eq!(out["ips"][0]["address"], "198.18.0.2/24");
+    }
+
+    #[test]
+    fn default_routes_are_replaced_per_family_in_every_format() {
+        let gw: std::net::IpAddr = "198.18.9.1".parse().unwrap();
+        let mut r = v1_result();
+        set_default_routes(&mut r, v("1.1.0"), true, &[Some(gw)]).unwrap();
+        assert_eq!(
+            r["routes"],
+            json!([{"dst": "::/0", "gw": "2001:db8::1"}, {"dst": "0.0.0.0/0", "gw": "198.18.9.1"}])
+        );
+        set_default_routes(&mut r, v("1.1.0"), false, &[]).unwrap();
+        assert_eq!(
+            r["routes"],
+            json!([{"dst": "0.0.0.0/0", "gw": "198.18.9.1"}])
+        );
+        let mut none = json!({"cniVersion": "1.0.0", "ips": []});
+        set_default_routes(&mut none, v("1.0.0"), true, &[None]).unwrap();
+        assert_eq!(none["routes"], json!([{"dst": "0.0.0.0/0"}]));
+        let mut old = v02_result();
+        set_default_routes(&mut old, v("0.2.0"), true, &[]).unwrap();
+        assert_eq!(old["ip4"]["routes"], json!([]));
+        assert_eq!(
+            old["ip6"]["routes"],
+            json!([{"dst": "::/0"}]),
+            "the other family is untouched"
+        );
     }
 
     #[test]
