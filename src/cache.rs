@@ -47,6 +47,20 @@ pub struct CachedAttachment {
     pub attachment: Attachment,
     /// The delegate's ADD result, in its own version; `None` until it succeeded.
     pub result: Option<Value>,
+    /// The original name of a host interface moved into the pod, to give back on DEL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_link: Option<String>,
+}
+
+impl CachedAttachment {
+    /// An attachment about to be added.
+    pub fn planned(attachment: Attachment) -> Self {
+        CachedAttachment {
+            attachment,
+            result: None,
+            host_link: None,
+        }
+    }
 }
 
 /// The cache directory.
@@ -200,6 +214,7 @@ mod tests {
                     default_route: None,
                 },
                 result: Some(json!({"cniVersion": "1.0.0", "ips": []})),
+                host_link: Some("ens5".into()),
             }],
         }
     }

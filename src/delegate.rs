@@ -16,7 +16,17 @@ use crate::cni::env::{Command, format_args};
 use crate::cni::result::convert;
 use crate::config::plugin_type;
 use crate::error::{CniError, Code, coded};
+use crate::host_interface;
 use crate::plan::{Attachment, filter_runtime_config};
+
+/// A successful ADD of one attachment.
+#[derive(Debug, Clone)]
+pub struct Added {
+    /// The chain's result.
+    pub result: Value,
+    /// The original name of a host interface the built-in `host-interface` delegate moved in.
+    pub host_link: Option<String>,
+}
 
 /// What every delegate call of one invocation shares.
 #[derive(Debug, Clone)]
@@ -31,13 +41,20 @@ pub struct Runner {
 
 impl Runner {
     /// ADD one attachment: runs its chain and returns the last plugin's result.
-    pub fn add(&self, att: &Attachment) -> Result<Value> {
+    pub fn add(&self, att: &Attachment) -> Result<Added> {
         let mut prev: Option<Value> = None;
+        let mut host_link = None;
         for (i, plugin) in att.network.plugins.iter().enumerate() {
             let request = plugin_request(att, plugin, prev.as_ref());
-            let out = self
-                .exec(Command::Add, att, &request)
-                .with_context(|| step(att, i))?;
+            let out = if plugin_type(plugin)? == host_interface::TYPE {
+                let (result, original) =
+                    host_interface::add(self, att, &request).with_context(|| step(att, i))?;
+                host_link = Some(original);
+                Some(result)
+            } else {
+                self.exec(Command::Add, att, plugin_type(plugin)?, &request)
+                    .with_context(|| step(att, i))?
+            };
             let mut result = out
                 .ok_or_else(|| coded(Code::Decode, "plugin printed no result"))
                 .with_context(|| step(att, i))?;
@@ -48,22 +65,33 @@ impl Runner {
             }
             prev = Some(result);
         }
-        prev.ok_or_else(|| {
+        let result = prev.ok_or_else(|| {
             coded(
                 Code::InvalidConfig,
                 format!("network {:?} has no plugins", att.network.name),
             )
-        })
+        })?;
+        Ok(Added { result, host_link })
     }
 
     /// DEL one attachment: every plugin in reverse, continuing past failures. `cached` is the
     /// attachment's ADD result, given to plugins as `prevResult` from 0.4.0 on.
-    pub fn del(&self, att: &Attachment, cached: Option<&Value>) -> Result<()> {
+    /// `host_link` is the original name of a host interface the built-in delegate moved in.
+    pub fn del(
+        &self,
+        att: &Attachment,
+        cached: Option<&Value>,
+        host_link: Option<&str>,
+    ) -> Result<()> {
         let prev = self.prev_result(att, cached);
         let mut errors = Vec::new();
         for (i, plugin) in att.network.plugins.iter().enumerate().rev() {
             let request = plugin_request(att, plugin, prev.as_ref());
-            if let Err(e) = self.exec(Command::Del, att, &request) {
+            let outcome = match plugin_type(plugin)? {
+                host_interface::TYPE => host_interface::del(self, att, &request, host_link),
+                kind => self.exec(Command::Del, att, kind, &request).map(drop),
+            };
+            if let Err(e) = outcome {
                 errors.push(format!("{}: {:#}", step(att, i), e));
             }
         }
@@ -84,8 +112,11 @@ impl Runner {
         let prev = self.prev_result(att, Some(cached));
         for (i, plugin) in att.network.plugins.iter().enumerate() {
             let request = plugin_request(att, plugin, prev.as_ref());
-            self.exec(Command::Check, att, &request)
-                .with_context(|| step(att, i))?;
+            match plugin_type(plugin)? {
+                host_interface::TYPE => host_interface::check(self, att),
+                kind => self.exec(Command::Check, att, kind, &request).map(drop),
+            }
+            .with_context(|| step(att, i))?;
         }
         Ok(())
     }
@@ -107,9 +138,16 @@ impl Runner {
         }
     }
 
-    /// Runs one plugin binary. `Ok(None)` when it succeeded and printed nothing.
-    fn exec(&self, command: Command, att: &Attachment, request: &Value) -> Result<Option<Value>> {
-        let kind = plugin_type(request)?;
+    /// Runs the plugin binary `kind` with `request` on stdin and the attachment's environment (an
+    /// IPAM plugin is run with its parent's config). `Ok(None)` when it succeeded and printed
+    /// nothing.
+    pub fn exec(
+        &self,
+        command: Command,
+        att: &Attachment,
+        kind: &str,
+        request: &Value,
+    ) -> Result<Option<Value>> {
         let binary = find_plugin(kind, &self.search_path)?;
         let stdin = serde_json::to_vec(request).context("encoding plugin config")?;
         log::debug!(
@@ -296,12 +334,18 @@ fn plugin_error(
     )
 }
 
-/// Fails unless every plugin binary of the attachment can be found, so ADD can refuse before
-/// any delegate runs.
+/// Fails unless every plugin binary of the attachment (and of the built-in's IPAM) can be found,
+/// so ADD can refuse before any delegate runs.
 pub fn check_available(att: &Attachment, search_path: &[PathBuf]) -> Result<()> {
     for plugin in &att.network.plugins {
-        find_plugin(plugin_type(plugin)?, search_path)
-            .with_context(|| format!("network {:?}", att.name))?;
+        let kind = match plugin_type(plugin)? {
+            host_interface::TYPE => match host_interface::ipam_type(plugin)? {
+                Some(ipam) => ipam,
+                None => continue,
+            },
+            kind => kind,
+        };
+        find_plugin(kind, search_path).with_context(|| format!("network {:?}", att.name))?;
     }
     Ok(())
 }

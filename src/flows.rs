@@ -396,10 +396,7 @@ pub fn add(inv: &Invocation) -> Result<Value> {
         ifname: inv.env.ifname.clone(),
         attachments: attachments
             .into_iter()
-            .map(|attachment| CachedAttachment {
-                attachment,
-                result: None,
-            })
+            .map(CachedAttachment::planned)
             .collect(),
     };
     // Recorded before the first delegate runs: a crash mid-ADD still leaves DEL the whole plan.
@@ -415,7 +412,10 @@ pub fn add(inv: &Invocation) -> Result<Value> {
     for k in 0..record.attachments.len() {
         let att = &record.attachments[k].attachment;
         match runner.add(att) {
-            Ok(result) => record.attachments[k].result = Some(result),
+            Ok(added) => {
+                record.attachments[k].result = Some(added.result);
+                record.attachments[k].host_link = added.host_link;
+            }
             Err(err) => {
                 let err = err.context(format!("adding network {:?} as {}", att.name, att.ifname));
                 rollback(&runner, &cache, lock, &mut record, Some(k))?;
@@ -469,7 +469,7 @@ fn rollback(
 ) -> Result<()> {
     if let Some(failed) = failed {
         let att = &record.attachments[failed];
-        if let Err(e) = runner.del(&att.attachment, None) {
+        if let Err(e) = runner.del(&att.attachment, None, None) {
             log::warn!(
                 "DEL of the failed network {:?} ({}): {e:#}",
                 att.attachment.name,
@@ -621,13 +621,7 @@ pub fn del(inv: &Invocation) -> Result<()> {
             inv.plan(None)
         }) {
             Ok(atts) => {
-                let atts: Vec<_> = atts
-                    .into_iter()
-                    .map(|attachment| CachedAttachment {
-                        attachment,
-                        result: None,
-                    })
-                    .collect();
+                let atts: Vec<_> = atts.into_iter().map(CachedAttachment::planned).collect();
                 if let Err(e) = del_attachments(&runner, &atts) {
                     log::warn!(
                         "DEL without a cache entry for {}: {e:#}",
@@ -655,14 +649,17 @@ fn del_attachments(runner: &Runner, attachments: &[CachedAttachment]) -> Result<
         .iter()
         .rev()
         .filter_map(|a| {
-            runner.del(&a.attachment, a.result.as_ref()).err().map(|e| {
-                format!(
-                    "network {:?} ({}): {}",
-                    a.attachment.name,
-                    a.attachment.ifname,
-                    CniError::from_anyhow(&e).msg
-                )
-            })
+            runner
+                .del(&a.attachment, a.result.as_ref(), a.host_link.as_deref())
+                .err()
+                .map(|e| {
+                    format!(
+                        "network {:?} ({}): {}",
+                        a.attachment.name,
+                        a.attachment.ifname,
+                        CniError::from_anyhow(&e).msg
+                    )
+                })
         })
         .collect();
     if errors.is_empty() {

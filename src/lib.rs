@@ -20,6 +20,7 @@ pub mod default_route;
 pub mod delegate;
 pub mod error;
 pub mod flows;
+pub mod host_interface;
 pub mod k8s;
 pub mod logging;
 pub mod netlink;

@@ -38,6 +38,22 @@ impl NetNs {
         })
     }
 
+    /// The namespace of the calling thread: the runtime's (host) namespace for the thread that
+    /// runs delegates.
+    pub fn current() -> Result<NetNs> {
+        let path = "/proc/thread-self/ns/net";
+        let file = File::open(path).with_context(|| format!("opening {path}"))?;
+        Ok(NetNs {
+            file,
+            path: path.to_string(),
+        })
+    }
+
+    /// The open namespace file (to move links into it).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Runs `f` with a netlink handle bound to this namespace, on a dedicated thread.
     pub fn with_netlink<T, F, Fut>(&self, f: F) -> Result<T>
     where

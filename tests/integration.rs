@@ -6,6 +6,7 @@
 
 mod apiserver;
 mod harness;
+mod host_interface;
 
 mod binary;
 mod core_flows;
