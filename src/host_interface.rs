@@ -290,17 +290,13 @@ pub fn del(
             errors.push(format!("IPAM: {e:#}"));
         }
     }
-    let pod = runner.netns.as_deref().map(NetNs::open).transpose();
-    match pod {
-        Ok(Some(pod)) => {
-            let host = NetNs::current()?;
-            if let Err(e) = give_back(&pod, &host, &att.ifname, host_link.unwrap_or(&att.ifname)) {
-                errors.push(format!("{e:#}"));
-            }
+    // No netns, or it is gone: a physical device is back in the host already, a veth end went
+    // with the namespace. Nothing left to give back.
+    if let Some(pod) = runner.netns.as_deref().and_then(|p| NetNs::open(p).ok()) {
+        let host = NetNs::current()?;
+        if let Err(e) = give_back(&pod, &host, &att.ifname, host_link.unwrap_or(&att.ifname)) {
+            errors.push(format!("{e:#}"));
         }
-        // No netns, or it is gone: a physical device is back in the host already, a veth end
-        // went with the namespace. Nothing left to give back.
-        Ok(None) | Err(_) => {}
     }
     if errors.is_empty() {
         Ok(())
