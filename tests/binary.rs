@@ -82,6 +82,23 @@ fn bad_environment_and_stdin_give_cni_errors() {
     .failure();
     assert_eq!(err["code"], 4, "a netns that does not exist: {err}");
     assert!(err["msg"].as_str().unwrap().contains("CNI_NETNS"), "{err}");
+
+    let mut not_a_netns = base_env("ADD");
+    not_a_netns.retain(|(k, _)| *k != "CNI_NETNS");
+    not_a_netns.push(("CNI_NETNS", "/etc/hostname".into()));
+    let err = run(
+        &not_a_netns,
+        r#"{"cniVersion":"1.0.0","name":"m","delegates":[{"name":"x","type":"bridge"}]}"#,
+    )
+    .failure();
+    assert_eq!(err["code"], 4, "{err}");
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap()
+            .contains("not a network namespace"),
+        "{err}"
+    );
 }
 
 #[test]
