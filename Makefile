@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LOCKED := $(if $(CI),--locked,)
 
-.PHONY: all build deps demo test unit lint install clean
+.PHONY: all build deps demo test unit lint install clean bench
 
 all: build
 
@@ -32,3 +32,9 @@ install: build
 
 clean:
 	$(CARGO) clean
+
+## bench: the benchmark (PODS pods, BURST pods in the burst); needs root
+PODS ?= 50
+BURST ?= 100
+bench: deps
+	$(CARGO) bench $(LOCKED) --bench bench -- --pods $(PODS) --burst $(BURST)

@@ -336,8 +336,10 @@ fn serve(
     tokens: (String, String),
     stop: Arc<AtomicBool>,
 ) {
-    // Blocking reads: each multihome process closes its connection when it exits.
+    // Blocking reads: each multihome process closes its connection when it exits. No Nagle, as
+    // Go's net/http (the real API server) does not either.
     stream.set_nonblocking(false).unwrap();
+    stream.set_nodelay(true).unwrap();
     let conn = rustls::ServerConnection::new(config).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, stream);
     // Complete the handshake before counting the connection.
@@ -364,13 +366,11 @@ fn serve(
             head.push_str(&format!("{k}: {v}\r\n"));
         }
         head.push_str("\r\n");
+        // One write: one TLS record, as a real server sends a small response.
+        let mut response = head.into_bytes();
+        response.extend_from_slice(&body);
         let out = reader.get_mut();
-        if out
-            .write_all(head.as_bytes())
-            .and_then(|_| out.write_all(&body))
-            .and_then(|_| out.flush())
-            .is_err()
-        {
+        if out.write_all(&response).and_then(|_| out.flush()).is_err() {
             return;
         }
     }

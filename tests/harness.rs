@@ -37,7 +37,7 @@ pub struct Netns {
 }
 
 impl Netns {
-    fn create(name: String) -> Netns {
+    pub fn create(name: String) -> Netns {
         let out = Command::new("ip")
             .args(["netns", "add", &name])
             .output()

@@ -1,0 +1,688 @@
+//! The multihome benchmark (`make bench`, or `cargo bench --bench bench -- --pods N`).
+//!
+//! For N pods, each in its own network namespace, with the real reference plugins (a bridge
+//! cluster network, then `macvlan-net@net1` and `bridge-net` from the pod annotation), it runs,
+//! interleaved pod by pod so machine noise hits every series alike:
+//!
+//! 1. the three delegates called directly (the floor),
+//! 2. multihome with static `delegates`,
+//! 3. multihome through the HTTPS API stand-in,
+//! 4. multihome VERSION,
+//!
+//! and prints median, p95 and max of ADD and DEL per series, multihome's overhead over the floor,
+//! the API requests per ADD and DEL, TLS handshakes per ADD, peak RSS and binary size. Then a
+//! burst: M pods added by W parallel workers, throughput, and checks that every pod got all its
+//! interfaces and that DEL leaked nothing. It exits non-zero when a check fails, never because
+//! of a timing. Needs root.
+
+#![allow(clippy::unwrap_used)] // a benchmark: a panic is the report
+
+#[allow(dead_code)]
+#[path = "apiserver.rs"]
+mod apiserver;
+#[allow(dead_code)]
+#[path = "harness.rs"]
+mod harness;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use apiserver::ApiServer;
+use harness::{Netns, PLUGINS, sh};
+
+const BIN: &str = env!("CARGO_BIN_EXE_multihome");
+const NS: &str = "bench";
+
+struct Args {
+    pods: usize,
+    burst: usize,
+    workers: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        pods: 50,
+        burst: 100,
+        workers: 2,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut num = |name: &str| -> Result<usize, String> {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .ok_or(format!("{name} needs a number"))
+        };
+        match a.as_str() {
+            "--pods" => args.pods = num("--pods")?,
+            "--burst" => args.burst = num("--burst")?,
+            "--workers" => args.workers = num("--workers")?.max(1),
+            // cargo bench passes --bench to harness-less benches.
+            "--bench" => {}
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?} (--pods N --burst M --workers W)"
+                ));
+            }
+        }
+    }
+    Ok(args)
+}
+
+/// Runs `bin` with exactly `env` as its CNI environment; returns the wall time and stdout, or
+/// an error with everything it printed.
+fn invoke(bin: &str, env: &[(&str, String)], stdin: &[u8]) -> Result<(Duration, String), String> {
+    let mut cmd = Command::new(bin);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CNI_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| format!("{bin}: {e}"))?;
+    let mut pipe = child.stdin.take().unwrap();
+    let input = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = pipe.write_all(&input);
+    });
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{bin}: {e}"))?;
+    let took = start.elapsed();
+    writer.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!(
+            "{bin} failed: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok((took, stdout))
+}
+
+/// Everything the scenarios share.
+struct Bench {
+    dir: PathBuf,
+    api: ApiServer,
+    kubeconfig: PathBuf,
+    /// The UIDs the stand-in gave the pods, as kubelet passes them in `K8S_POD_UID`.
+    uids: Vec<String>,
+    cluster: Value,
+    macvlan: Value,
+    bridge: Value,
+}
+
+impl Bench {
+    fn ipam(&self, subnet: &str, default_route: bool) -> Value {
+        let mut ipam =
+            json!({"type": "host-local", "subnet": subnet, "dataDir": self.dir.join("ipam")});
+        if default_route {
+            ipam["routes"] = json!([{"dst": "0.0.0.0/0"}]);
+        }
+        ipam
+    }
+
+    fn env(
+        &self,
+        command: &str,
+        cid: &str,
+        pod: &Netns,
+        ifname: &str,
+        i: usize,
+    ) -> Vec<(&'static str, String)> {
+        let pod_name = format!("pod-{i}");
+        let uid = &self.uids[i];
+        vec![
+            ("CNI_COMMAND", command.to_string()),
+            ("CNI_CONTAINERID", cid.to_string()),
+            ("CNI_NETNS", pod.path()),
+            ("CNI_IFNAME", ifname.to_string()),
+            (
+                "CNI_ARGS",
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={NS};K8S_POD_NAME={pod_name};K8S_POD_INFRA_CONTAINER_ID={cid};K8S_POD_UID={uid}"
+                ),
+            ),
+            ("CNI_PATH", PLUGINS.to_string()),
+        ]
+    }
+
+    fn static_conf(&self) -> Value {
+        json!({"cniVersion": "1.0.0", "name": "multihome", "type": "multihome", "binDir": PLUGINS,
+               "cniDir": self.dir.join("cache"), "delegates": [self.cluster, self.macvlan, self.bridge]})
+    }
+
+    fn api_conf(&self) -> Value {
+        json!({"cniVersion": "1.0.0", "name": "multihome", "type": "multihome", "binDir": PLUGINS,
+               "cniDir": self.dir.join("cache"), "kubeconfig": self.kubeconfig, "delegates": [self.cluster]})
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Series {
+    Floor,
+    Static,
+    Api,
+    Version,
+}
+
+impl Series {
+    fn label(self) -> &'static str {
+        match self {
+            Series::Floor => "delegates called directly",
+            Series::Static => "multihome, static delegates",
+            Series::Api => "multihome, through the API",
+            Series::Version => "multihome VERSION",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Samples {
+    add: BTreeMap<Series, Vec<Duration>>,
+    del: BTreeMap<Series, Vec<Duration>>,
+    requests_add: BTreeMap<String, usize>,
+    requests_del: BTreeMap<String, usize>,
+    handshakes: usize,
+    api_adds: usize,
+    failures: Vec<String>,
+}
+
+/// "GET /api/v1/namespaces/bench/pods/pod-3" -> "GET pods"
+fn request_kind(r: &str) -> String {
+    let (verb, path) = r.split_once(' ').unwrap_or((r, ""));
+    let parts: Vec<&str> = path.split('/').collect();
+    let resource = match parts.as_slice() {
+        [.., "pods", _, "status"] => "pods/status",
+        [.., "pods", _] => "pods",
+        [.., "network-attachment-definitions", _] => "network-attachment-definitions",
+        [.., "events"] => "events",
+        _ => path,
+    };
+    format!("{verb} {resource}")
+}
+
+fn links(pod: &Netns) -> Vec<String> {
+    let mut l = pod.links();
+    l.sort();
+    l
+}
+
+fn ips_held(dir: &Path) -> usize {
+    let Ok(nets) = std::fs::read_dir(dir.join("ipam")) else {
+        return 0;
+    };
+    nets.filter_map(|n| n.ok())
+        .flat_map(|n| {
+            std::fs::read_dir(n.path())
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok())
+        })
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .parse::<std::net::IpAddr>()
+                .is_ok()
+        })
+        .count()
+}
+
+fn cache_entries(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("cache"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+const EXPECTED: [&str; 3] = ["eth0", "net1", "net2"];
+
+/// One series on one pod: ADD, check, DEL, check.
+fn run_series(
+    b: &Bench,
+    s: &Mutex<Samples>,
+    series: Series,
+    pod: &Netns,
+    i: usize,
+) -> Result<(), String> {
+    let cid = format!("bench-{i}-{series:?}");
+    let (add, del) = match series {
+        Series::Version => {
+            let env = vec![("CNI_COMMAND", "VERSION".to_string())];
+            let (t, _) = invoke(BIN, &env, br#"{"cniVersion":"1.0.0"}"#)?;
+            s.lock().unwrap().add.entry(series).or_default().push(t);
+            return Ok(());
+        }
+        Series::Floor => {
+            let nets = [
+                (&b.cluster, "eth0"),
+                (&b.macvlan, "net1"),
+                (&b.bridge, "net2"),
+            ];
+            let mut add = Duration::ZERO;
+            for (net, ifname) in nets {
+                let kind = net
+                    .get("type")
+                    .or_else(|| net["plugins"][0].get("type"))
+                    .and_then(Value::as_str)
+                    .unwrap();
+                let conf = if net.get("plugins").is_some() {
+                    net["plugins"][0].clone()
+                } else {
+                    net.clone()
+                };
+                let mut conf = conf;
+                conf["name"] = net["name"].clone();
+                conf["cniVersion"] = json!("1.0.0");
+                let (t, _) = invoke(
+                    &format!("{PLUGINS}/{kind}"),
+                    &b.env("ADD", &cid, pod, ifname, i),
+                    conf.to_string().as_bytes(),
+                )?;
+                add += t;
+            }
+            check_links(pod, &series)?;
+            let mut del = Duration::ZERO;
+            for (net, ifname) in nets.iter().rev() {
+                let kind = net
+                    .get("type")
+                    .or_else(|| net["plugins"][0].get("type"))
+                    .and_then(Value::as_str)
+                    .unwrap();
+                let mut conf = if net.get("plugins").is_some() {
+                    net["plugins"][0].clone()
+                } else {
+                    (*net).clone()
+                };
+                conf["name"] = net["name"].clone();
+                conf["cniVersion"] = json!("1.0.0");
+                let (t, _) = invoke(
+                    &format!("{PLUGINS}/{kind}"),
+                    &b.env("DEL", &cid, pod, ifname, i),
+                    conf.to_string().as_bytes(),
+                )?;
+                del += t;
+            }
+            (add, del)
+        }
+        Series::Static | Series::Api => {
+            let conf = if series == Series::Static {
+                b.static_conf()
+            } else {
+                b.api_conf()
+            };
+            let stdin = conf.to_string();
+            b.api.take_requests();
+            b.api.take_connections();
+            let (add, _) = invoke(BIN, &b.env("ADD", &cid, pod, "eth0", i), stdin.as_bytes())?;
+            if series == Series::Api {
+                let mut st = s.lock().unwrap();
+                for r in b.api.take_requests() {
+                    *st.requests_add.entry(request_kind(&r)).or_default() += 1;
+                }
+                st.handshakes += b.api.take_connections();
+                st.api_adds += 1;
+            }
+            check_links(pod, &series)?;
+            let (del, _) = invoke(BIN, &b.env("DEL", &cid, pod, "eth0", i), stdin.as_bytes())?;
+            if series == Series::Api {
+                let mut st = s.lock().unwrap();
+                for r in b.api.take_requests() {
+                    *st.requests_del.entry(request_kind(&r)).or_default() += 1;
+                }
+            }
+            (add, del)
+        }
+    };
+    if !links(pod).is_empty() {
+        return Err(format!(
+            "{}: pod {i} still has {:?} after DEL",
+            series.label(),
+            links(pod)
+        ));
+    }
+    let mut st = s.lock().unwrap();
+    st.add.entry(series).or_default().push(add);
+    st.del.entry(series).or_default().push(del);
+    Ok(())
+}
+
+fn check_links(pod: &Netns, series: &Series) -> Result<(), String> {
+    let got = links(pod);
+    if got != EXPECTED {
+        return Err(format!(
+            "{}: pod {} has {got:?}, expected {EXPECTED:?}",
+            series.label(),
+            pod.name
+        ));
+    }
+    Ok(())
+}
+
+fn stats(v: &[Duration]) -> (f64, f64, f64) {
+    let mut ms: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    if ms.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    let pick = |q: f64| ms[((ms.len() as f64 - 1.0) * q).round() as usize];
+    (pick(0.5), pick(0.95), ms[ms.len() - 1])
+}
+
+/// The peak RSS of multihome itself, in a process of its own whose only children are multihome
+/// and `/bin/sh` stub delegates (getrusage of children counts the largest process of the whole
+/// subtree, so the Go delegates must not be in it).
+fn rss_probe(pod_path: &str, kubeconfig: &str, dir: &str) -> ExitCode {
+    let stub_dir = Path::new(dir).join("stub");
+    std::fs::create_dir_all(&stub_dir).unwrap();
+    let script = "#!/bin/sh\ncat >/dev/null\n[ \"$CNI_COMMAND\" = ADD ] && printf '{\"cniVersion\":\"1.0.0\",\"interfaces\":[{\"name\":\"%s\",\"sandbox\":\"%s\"}],\"ips\":[{\"address\":\"198.18.250.1/24\",\"interface\":0}]}' \"$CNI_IFNAME\" \"$CNI_NETNS\"\nexit 0\n";
+    let stub = stub_dir.join("stub");
+    std::fs::write(&stub, script).unwrap();
+    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let net = |name: &str| json!({"cniVersion": "1.0.0", "name": name, "type": "stub"});
+    let mut conf = json!({"cniVersion": "1.0.0", "name": "multihome", "binDir": stub_dir, "cniDir": Path::new(dir).join("probe-cache"),
+                          "delegates": [net("a"), net("b"), net("c")]});
+    if !kubeconfig.is_empty() {
+        conf["kubeconfig"] = json!(kubeconfig);
+        conf["delegates"] = json!([net("a")]);
+    }
+    let env = |cmd: &str| {
+        vec![
+            ("CNI_COMMAND", cmd.to_string()),
+            ("CNI_CONTAINERID", "rss-probe".to_string()),
+            ("CNI_NETNS", pod_path.to_string()),
+            ("CNI_IFNAME", "eth0".to_string()),
+            (
+                "CNI_ARGS",
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={NS};K8S_POD_NAME=probe;K8S_POD_UID=uid-probe"
+                ),
+            ),
+            ("CNI_PATH", stub_dir.display().to_string()),
+        ]
+    };
+    let stdin = conf.to_string();
+    for cmd in ["ADD", "DEL"] {
+        if let Err(e) = invoke(BIN, &env(cmd), stdin.as_bytes()) {
+            eprintln!("rss probe: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let usage =
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
+    println!("{}", usage.max_rss());
+    ExitCode::SUCCESS
+}
+
+fn peak_rss_kib(pod: &Netns, kubeconfig: &str, dir: &Path) -> Result<u64, String> {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--rss-probe",
+            &pod.path(),
+            kubeconfig,
+            &dir.display().to_string(),
+        ])
+        .output()
+        .map_err(|e| e.to_string())?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| format!("rss probe: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--rss-probe") {
+        return rss_probe(&argv[2], &argv[3], &argv[4]);
+    }
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let tag = format!("mhb{}", std::process::id());
+    let dir = std::env::temp_dir().join(&tag);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let host = Netns::create(format!("{tag}-h"));
+    // From here on the main thread, every thread it starts and every child run in the bench's
+    // host namespace.
+    let f = std::fs::File::open(host.path()).unwrap();
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    sh(&[
+        "ip", "link", "add", "mvm0", "type", "veth", "peer", "name", "mvm0p",
+    ]);
+    sh(&["ip", "link", "set", "mvm0", "up"]);
+    sh(&["ip", "link", "set", "mvm0p", "up"]);
+
+    let api = ApiServer::start(&host.name);
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: b\nclusters:\n- name: b\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    token: {}\ncontexts:\n- name: b\n  context: {{cluster: b, user: u}}\n",
+            api.url(),
+            b64(&api.creds.ca_pem),
+            api.creds.token
+        ),
+    )
+    .unwrap();
+    let mut bench = Bench {
+        dir: dir.clone(),
+        api,
+        kubeconfig,
+        uids: Vec::new(),
+        cluster: Value::Null,
+        macvlan: Value::Null,
+        bridge: Value::Null,
+    };
+    bench.cluster = json!({"cniVersion": "1.0.0", "name": "cluster", "plugins": [
+        {"type": "bridge", "bridge": "mhbr0", "isGateway": true, "ipam": bench.ipam("198.18.0.0/20", true)}]});
+    bench.macvlan = json!({"cniVersion": "1.0.0", "name": "macvlan-net", "type": "macvlan", "master": "mvm0",
+                           "mode": "bridge", "ipam": bench.ipam("198.18.64.0/20", false)});
+    bench.bridge = json!({"cniVersion": "1.0.0", "name": "bridge-net", "type": "bridge", "bridge": "mhbr1",
+                          "ipam": bench.ipam("198.19.0.0/20", false)});
+    bench
+        .api
+        .add_nad(NS, "macvlan-net", Some(&bench.macvlan), json!({}));
+    bench
+        .api
+        .add_nad(NS, "bridge-net", Some(&bench.bridge), json!({}));
+    let pods_total = args.pods.max(args.burst);
+    bench.uids = (0..pods_total)
+        .map(|i| {
+            bench.api.add_pod(
+                NS,
+                &format!("pod-{i}"),
+                json!({"k8s.v1.cni.cncf.io/networks": "macvlan-net@net1, bridge-net"}),
+            )
+        })
+        .collect();
+    let samples = Mutex::new(Samples::default());
+
+    println!(
+        "multihome benchmark: {} pods, real plugins from {PLUGINS} (bridge cluster network + macvlan-net@net1, bridge-net)",
+        args.pods
+    );
+    let order = [Series::Floor, Series::Static, Series::Api];
+    let pods: Vec<Netns> = (0..pods_total)
+        .map(|i| Netns::create(format!("{tag}-p{i}")))
+        .collect();
+    // Warm the page cache and the plugins once, outside the figures.
+    if let Err(e) = run_series(
+        &bench,
+        &Mutex::new(Samples::default()),
+        Series::Static,
+        &pods[0],
+        0,
+    ) {
+        eprintln!("bench: warm-up failed: {e}");
+        return ExitCode::FAILURE;
+    }
+    for i in 0..args.pods {
+        for k in 0..order.len() {
+            let series = order[(i + k) % order.len()];
+            if let Err(e) = run_series(&bench, &samples, series, &pods[i], i) {
+                samples.lock().unwrap().failures.push(e);
+            }
+        }
+        if let Err(e) = run_series(&bench, &samples, Series::Version, &pods[i], i) {
+            samples.lock().unwrap().failures.push(e);
+        }
+    }
+    let s = samples.into_inner().unwrap();
+
+    println!();
+    println!(
+        "{:<30} {:>9} {:>9} {:>9}   {:>9} {:>9} {:>9}",
+        "series (ms)", "ADD med", "p95", "max", "DEL med", "p95", "max"
+    );
+    for series in [Series::Floor, Series::Static, Series::Api, Series::Version] {
+        let (am, ap, ax) = stats(s.add.get(&series).map(Vec::as_slice).unwrap_or_default());
+        let del = s.del.get(&series).map(Vec::as_slice).unwrap_or_default();
+        if del.is_empty() {
+            println!("{:<30} {am:>9.2} {ap:>9.2} {ax:>9.2}", series.label());
+        } else {
+            let (dm, dp, dx) = stats(del);
+            println!(
+                "{:<30} {am:>9.2} {ap:>9.2} {ax:>9.2}   {dm:>9.2} {dp:>9.2} {dx:>9.2}",
+                series.label()
+            );
+        }
+    }
+    let med = |m: &BTreeMap<Series, Vec<Duration>>, series| {
+        stats(m.get(&series).map(Vec::as_slice).unwrap_or_default()).0
+    };
+    let floor = (med(&s.add, Series::Floor), med(&s.del, Series::Floor));
+    println!();
+    for series in [Series::Static, Series::Api] {
+        println!(
+            "overhead over the delegates, {:<27} ADD {:+.2} ms, DEL {:+.2} ms (medians)",
+            series.label(),
+            med(&s.add, series) - floor.0,
+            med(&s.del, series) - floor.1
+        );
+    }
+    let per = |m: &BTreeMap<String, usize>| {
+        let total: usize = m.values().sum();
+        let parts: Vec<String> = m
+            .iter()
+            .map(|(k, v)| format!("{k}: {:.2}", *v as f64 / s.api_adds.max(1) as f64))
+            .collect();
+        format!(
+            "{:.2} ({})",
+            total as f64 / s.api_adds.max(1) as f64,
+            if parts.is_empty() {
+                "none".into()
+            } else {
+                parts.join(", ")
+            }
+        )
+    };
+    println!("API requests per ADD: {}", per(&s.requests_add));
+    println!("API requests per DEL: {}", per(&s.requests_del));
+    println!(
+        "TLS handshakes per ADD: {:.2}",
+        s.handshakes as f64 / s.api_adds.max(1) as f64
+    );
+
+    let mut failures = s.failures;
+    let rss_pod = Netns::create(format!("{tag}-rss"));
+    match (
+        peak_rss_kib(&rss_pod, "", &dir),
+        peak_rss_kib(&rss_pod, &bench.kubeconfig.display().to_string(), &dir),
+    ) {
+        (Ok(st), Ok(api)) => println!(
+            "peak RSS of multihome (ADD+DEL, stub delegates): static {:.1} MiB, with the API {:.1} MiB",
+            st as f64 / 1024.0,
+            api as f64 / 1024.0
+        ),
+        (a, b) => failures.push(format!("rss probe: {a:?} {b:?}")),
+    }
+    println!(
+        "binary: {} bytes ({BIN})",
+        std::fs::metadata(BIN).map(|m| m.len()).unwrap_or(0)
+    );
+
+    // Burst: all pods added by parallel workers, checked, then all deleted.
+    let conf = bench.api_conf().to_string();
+    let next = Mutex::new(0usize);
+    let errors = Mutex::new(Vec::new());
+    let phase = |command: &str| {
+        *next.lock().unwrap() = 0;
+        let start = Instant::now();
+        std::thread::scope(|scope| {
+            for _ in 0..args.workers {
+                scope.spawn(|| {
+                    loop {
+                        let i = {
+                            let mut n = next.lock().unwrap();
+                            if *n >= args.burst {
+                                break;
+                            }
+                            *n += 1;
+                            *n - 1
+                        };
+                        let env = bench.env(command, &format!("burst-{i}"), &pods[i], "eth0", i);
+                        if let Err(e) = invoke(BIN, &env, conf.as_bytes()) {
+                            errors
+                                .lock()
+                                .unwrap()
+                                .push(format!("burst {command} pod {i}: {e}"));
+                        }
+                    }
+                });
+            }
+        });
+        start.elapsed()
+    };
+    let add_time = phase("ADD");
+    let missing = pods[..args.burst]
+        .iter()
+        .filter(|p| links(p) != EXPECTED)
+        .count();
+    let del_time = phase("DEL");
+    let left = pods[..args.burst]
+        .iter()
+        .filter(|p| !links(p).is_empty())
+        .count();
+    let (leaked, cached) = (ips_held(&dir), cache_entries(&dir));
+    println!(
+        "burst: {} pods, {} workers: ADD {:.1} pods/s, DEL {:.1} pods/s; pods missing interfaces: {missing}; pods with leftovers: {left}; IPs leaked: {leaked}; cache entries left: {cached}",
+        args.burst,
+        args.workers,
+        args.burst as f64 / add_time.as_secs_f64(),
+        args.burst as f64 / del_time.as_secs_f64()
+    );
+    failures.extend(errors.into_inner().unwrap());
+    if missing + left + leaked + cached > 0 {
+        failures.push("burst check failed".into());
+    }
+    drop(pods);
+    let _ = std::fs::remove_dir_all(&dir);
+    if failures.is_empty() {
+        println!("all checks passed");
+        ExitCode::SUCCESS
+    } else {
+        for f in &failures {
+            eprintln!("FAILED: {f}");
+        }
+        ExitCode::FAILURE
+    }
+}
