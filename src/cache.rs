@@ -63,6 +63,15 @@ impl CachedAttachment {
     }
 }
 
+/// Whether a write must survive a power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync the file and the directory.
+    Durable,
+    /// Atomic, but left to the page cache.
+    Atomic,
+}
+
 /// The cache directory.
 #[derive(Debug, Clone)]
 pub struct Cache {
@@ -142,8 +151,10 @@ impl Cache {
         Ok(Some(record))
     }
 
-    /// Writes a container's record atomically.
-    pub fn save(&self, _lock: &Lock, record: &Record) -> Result<()> {
+    /// Writes a container's record atomically (temporary file, rename). With `durable` the data
+    /// and the rename are also fsynced, so the record survives a power loss; without, it
+    /// survives a crash of the process (the page cache outlives it) at no fsync cost.
+    pub fn save(&self, _lock: &Lock, record: &Record, durable: Durability) -> Result<()> {
         let path = self.record_path(&record.container_id);
         let tmp = self.dir.join(format!(".{}.json.tmp", record.container_id));
         let write = || -> std::io::Result<()> {
@@ -154,9 +165,14 @@ impl Cache {
                 .mode(0o600)
                 .open(&tmp)?;
             file.write_all(&serde_json::to_vec(record).map_err(std::io::Error::other)?)?;
-            file.sync_all()?;
+            if durable == Durability::Durable {
+                file.sync_all()?;
+            }
             fs::rename(&tmp, &path)?;
-            File::open(&self.dir)?.sync_all()
+            if durable == Durability::Durable {
+                File::open(&self.dir)?.sync_all()?;
+            }
+            Ok(())
         };
         write().with_context(|| format!("writing cache {}", path.display()))
     }
@@ -225,7 +241,7 @@ mod tests {
         let cache = Cache::new(&dir);
         let lock = cache.lock("c1").unwrap();
         assert_eq!(cache.load(&lock, "c1").unwrap(), None);
-        cache.save(&lock, &record("c1")).unwrap();
+        cache.save(&lock, &record("c1"), Durability::Durable).unwrap();
         assert_eq!(cache.load(&lock, "c1").unwrap(), Some(record("c1")));
         let names: Vec<_> = fs::read_dir(&dir)
             .unwrap()
@@ -276,7 +292,7 @@ mod tests {
         };
         barrier.wait();
         std::thread::sleep(std::time::Duration::from_millis(50));
-        cache.save(&lock, &record("c3")).unwrap();
+        cache.save(&lock, &record("c3"), Durability::Atomic).unwrap();
         cache.remove(lock, "c3").unwrap();
         assert_eq!(waiter.join().unwrap(), None);
         // A different container is never blocked by this one.

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use crate::annotations::{self, NetworkSelection, StatusInput};
-use crate::cache::{Cache, CachedAttachment, KIND, Lock, Record};
+use crate::cache::{Cache, CachedAttachment, Durability, KIND, Lock, Record};
 use crate::cni::env::{CniEnv, validate_ifname};
 use crate::cni::result::convert;
 use crate::cni::version::Version;
@@ -354,14 +354,23 @@ fn device_info(dir: &std::path::Path, resource: &str, id: &str) -> Option<Value>
 /// version. On failure nothing stays attached.
 pub fn add(inv: &Invocation) -> Result<Value> {
     wait_for_readiness(&inv.conf)?;
-    let kube = inv.kube(true)?;
+    // The pod's interfaces are listed over netlink while the API is asked about the pod; a bad
+    // CNI_NETNS is reported after the config's own errors.
+    let (kube, pod_links) = std::thread::scope(|s| {
+        let links = s.spawn(|| -> Result<(NetNs, Vec<String>)> {
+            let netns = NetNs::open(inv.env.netns.as_deref().unwrap_or_default())?;
+            let names = netns.link_names()?;
+            Ok((netns, names))
+        });
+        (inv.kube(true), links.join())
+    });
+    let kube = kube?;
     let attachments = inv.plan(kube.as_ref())?;
     let runner = inv.runner();
     for att in &attachments {
         check_available(att, &runner.search_path)?;
     }
-    let netns = NetNs::open(inv.env.netns.as_deref().unwrap_or_default())?;
-    let existing = netns.link_names()?;
+    let (netns, existing) = pod_links.map_err(|_| anyhow::anyhow!("netlink thread panicked"))??;
     for att in &attachments {
         if existing.contains(&att.ifname) {
             return Err(coded(
@@ -399,8 +408,10 @@ pub fn add(inv: &Invocation) -> Result<Value> {
             .map(CachedAttachment::planned)
             .collect(),
     };
-    // Recorded before the first delegate runs: a crash mid-ADD still leaves DEL the whole plan.
-    cache.save(&lock, &record)?;
+    // Recorded before the first delegate runs, so DEL knows the whole plan even if this process
+    // is killed mid-ADD. Not fsynced (about 1 ms): after a power loss the pod's namespace is gone
+    // too, and DEL without a record re-plans from the config and still releases IPAM.
+    cache.save(&lock, &record, Durability::Atomic)?;
 
     let request = record
         .attachments
@@ -438,14 +449,20 @@ pub fn add(inv: &Invocation) -> Result<Value> {
             }
         }
     }
-    if let Some(kube) = &kube {
-        if let Err(err) = report_status(kube, &record, default_index) {
-            rollback(&runner, &cache, lock, &mut record, None)?;
-            return Err(err);
-        }
-        send_events(kube, &record);
+    // The durable write of the record (an fsync, the slowest step of multihome's own) runs
+    // while Kubernetes is told about the attachments.
+    let (reported, saved) = std::thread::scope(|s| {
+        let saver = s.spawn(|| cache.save(&lock, &record, Durability::Durable));
+        let reported = kube.as_ref().map_or(Ok(()), |kube| {
+            report_status(kube, &record, default_index).inspect(|()| send_events(kube, &record))
+        });
+        (reported, saver.join())
+    });
+    let saved = saved.map_err(|_| anyhow::anyhow!("cache writer panicked"))?;
+    if let Err(err) = reported.and(saved) {
+        rollback(&runner, &cache, lock, &mut record, None)?;
+        return Err(err);
     }
-    cache.save(&lock, &record)?;
     let first = record
         .attachments
         .first()
@@ -482,7 +499,7 @@ fn rollback(
         Ok(()) => cache.remove(lock, &record.container_id),
         Err(e) => {
             log::error!("rollback after failed ADD left errors (cache kept for DEL): {e:#}");
-            cache.save(&lock, record)
+            cache.save(&lock, record, Durability::Durable)
         }
     }
 }
