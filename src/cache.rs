@@ -241,7 +241,9 @@ mod tests {
         let cache = Cache::new(&dir);
         let lock = cache.lock("c1").unwrap();
         assert_eq!(cache.load(&lock, "c1").unwrap(), None);
-        cache.save(&lock, &record("c1"), Durability::Durable).unwrap();
+        cache
+            .save(&lock, &record("c1"), Durability::Durable)
+            .unwrap();
         assert_eq!(cache.load(&lock, "c1").unwrap(), Some(record("c1")));
         let names: Vec<_> = fs::read_dir(&dir)
             .unwrap()
@@ -292,7 +294,9 @@ mod tests {
         };
         barrier.wait();
         std::thread::sleep(std::time::Duration::from_millis(50));
-        cache.save(&lock, &record("c3"), Durability::Atomic).unwrap();
+        cache
+            .save(&lock, &record("c3"), Durability::Atomic)
+            .unwrap();
         cache.remove(lock, "c3").unwrap();
         assert_eq!(waiter.join().unwrap(), None);
         // A different container is never blocked by this one.

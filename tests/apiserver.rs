@@ -17,10 +17,11 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -181,13 +182,19 @@ impl ApiServer {
             let tokens = (creds.token.clone(), creds.forbidden_token.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
+                    // Wait for a connection like a real server (no polling delay); the timeout
+                    // only bounds how late a shutdown is noticed.
+                    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+                    if !matches!(poll(&mut fds, PollTimeout::from(50u16)), Ok(n) if n > 0) {
+                        continue;
+                    }
                     match listener.accept() {
                         Ok((stream, _)) => {
                             let (state, config, tokens, stop) =
                                 (state.clone(), config.clone(), tokens.clone(), stop.clone());
                             std::thread::spawn(move || serve(stream, config, state, tokens, stop));
                         }
-                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                        Err(_) => {}
                     }
                 }
             })
