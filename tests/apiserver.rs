@@ -188,13 +188,10 @@ impl ApiServer {
                     if !matches!(poll(&mut fds, PollTimeout::from(50u16)), Ok(n) if n > 0) {
                         continue;
                     }
-                    match listener.accept() {
-                        Ok((stream, _)) => {
-                            let (state, config, tokens, stop) =
-                                (state.clone(), config.clone(), tokens.clone(), stop.clone());
-                            std::thread::spawn(move || serve(stream, config, state, tokens, stop));
-                        }
-                        Err(_) => {}
+                    if let Ok((stream, _)) = listener.accept() {
+                        let (state, config, tokens, stop) =
+                            (state.clone(), config.clone(), tokens.clone(), stop.clone());
+                        std::thread::spawn(move || serve(stream, config, state, tokens, stop));
                     }
                 }
             })
