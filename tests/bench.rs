@@ -267,50 +267,46 @@ fn run_series(
             return Ok(());
         }
         Series::Floor => {
-            let nets = [
+            // Each delegate as a runtime calls it: name and version injected, and on DEL its ADD
+            // result as prevResult (libcni does so from 0.4.0 on).
+            let calls: Vec<(String, Value, &str)> = [
                 (&b.cluster, "eth0"),
                 (&b.macvlan, "net1"),
                 (&b.bridge, "net2"),
-            ];
-            let mut add = Duration::ZERO;
-            for (net, ifname) in nets {
-                let kind = net
-                    .get("type")
-                    .or_else(|| net["plugins"][0].get("type"))
-                    .and_then(Value::as_str)
-                    .unwrap();
-                let conf = if net.get("plugins").is_some() {
-                    net["plugins"][0].clone()
-                } else {
-                    net.clone()
-                };
-                let mut conf = conf;
+            ]
+            .into_iter()
+            .map(|(net, ifname)| {
+                let mut conf = net
+                    .get("plugins")
+                    .map_or_else(|| net.clone(), |p| p[0].clone());
                 conf["name"] = net["name"].clone();
                 conf["cniVersion"] = json!("1.0.0");
-                let (t, _) = invoke(
-                    &format!("{PLUGINS}/{kind}"),
+                (
+                    format!("{PLUGINS}/{}", conf["type"].as_str().unwrap()),
+                    conf,
+                    ifname,
+                )
+            })
+            .collect();
+            let mut add = Duration::ZERO;
+            let mut results = Vec::new();
+            for (bin, conf, ifname) in &calls {
+                let (t, out) = invoke(
+                    bin,
                     &b.env("ADD", &cid, pod, ifname, i),
                     conf.to_string().as_bytes(),
                 )?;
                 add += t;
+                results
+                    .push(serde_json::from_str::<Value>(&out).map_err(|e| format!("{bin}: {e}"))?);
             }
             check_links(pod, &series)?;
             let mut del = Duration::ZERO;
-            for (net, ifname) in nets.iter().rev() {
-                let kind = net
-                    .get("type")
-                    .or_else(|| net["plugins"][0].get("type"))
-                    .and_then(Value::as_str)
-                    .unwrap();
-                let mut conf = if net.get("plugins").is_some() {
-                    net["plugins"][0].clone()
-                } else {
-                    (*net).clone()
-                };
-                conf["name"] = net["name"].clone();
-                conf["cniVersion"] = json!("1.0.0");
+            for ((bin, conf, ifname), result) in calls.iter().zip(results).rev() {
+                let mut conf = conf.clone();
+                conf["prevResult"] = result;
                 let (t, _) = invoke(
-                    &format!("{PLUGINS}/{kind}"),
+                    bin,
                     &b.env("DEL", &cid, pod, ifname, i),
                     conf.to_string().as_bytes(),
                 )?;
