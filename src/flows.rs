@@ -6,25 +6,20 @@
 //! reverse, best effort, idempotently, without the API. CHECK re-checks every delegate against
 //! its cached result.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::annotations::{self, NetworkSelection, StatusInput};
 use crate::cache::{Cache, CachedAttachment, Durability, KIND, Lock, Record};
-use crate::cni::env::{CniEnv, validate_ifname};
+use crate::cni::env::CniEnv;
 use crate::cni::result::convert;
-use crate::cni::version::Version;
-use crate::config::{NetConf, NetworkConfig, find_network_by_name, resolve_network};
+use crate::config::NetConf;
 use crate::default_route;
 use crate::delegate::{Runner, check_available, search_path};
 use crate::error::{CniError, Code, coded};
-use crate::k8s::checkpoint::Devices;
-use crate::k8s::{Access, Client, Pod};
+use crate::k8s::report;
 use crate::netns::NetNs;
-use crate::plan::{Attachment, Selection, check_namespace_isolation, plan};
 
 /// How long ADD waits for `readinessindicatorfile` (Multus waits 45 s).
 const READINESS_TIMEOUT: Duration = Duration::from_secs(45);
@@ -39,24 +34,8 @@ pub struct Invocation {
     pub conf: NetConf,
 }
 
-/// The pod a call is for, as `CNI_ARGS` names it.
-#[derive(Debug, Clone)]
-struct PodRef {
-    namespace: String,
-    name: String,
-    uid: Option<String>,
-}
-
-/// What Kubernetes says about the pod of one call.
-struct Kube {
-    client: Client,
-    pod_ref: Option<PodRef>,
-    /// `None` when there is no pod to ask about, or the API has no such pod.
-    pod: Option<Pod>,
-}
-
 impl Invocation {
-    fn runner(&self) -> Runner {
+    pub(crate) fn runner(&self) -> Runner {
         Runner {
             search_path: search_path(&self.conf.bin_dir, &self.env.path),
             container_id: self.env.container_id.clone(),
@@ -64,290 +43,9 @@ impl Invocation {
         }
     }
 
-    fn cache(&self) -> Cache {
+    pub(crate) fn cache(&self) -> Cache {
         Cache::new(&self.conf.cni_dir)
     }
-
-    fn pod_ref(&self) -> Option<PodRef> {
-        let arg = |k| self.env.arg(k).filter(|v| !v.is_empty()).map(String::from);
-        Some(PodRef {
-            namespace: arg("K8S_POD_NAMESPACE")?,
-            name: arg("K8S_POD_NAME")?,
-            uid: arg("K8S_POD_UID"),
-        })
-    }
-
-    /// The API client, when multihome is configured for Kubernetes (`kubeconfig`, or the
-    /// in-cluster environment).
-    fn client(&self) -> Result<Option<Client>> {
-        let access = match &self.conf.kubeconfig {
-            Some(path) => Access::from_kubeconfig(path)?,
-            None => match Access::in_cluster(
-                |k| std::env::var(k).ok(),
-                crate::k8s::access::SERVICE_ACCOUNT_DIR.as_ref(),
-            )? {
-                Some(a) => a,
-                None => return Ok(None),
-            },
-        };
-        Client::new(&access, self.conf.api_timeouts).map(Some)
-    }
-
-    /// Connects to the API and fetches the pod. On ADD a UID mismatch (the pod was deleted and
-    /// recreated) is an error, except for static pods whose mirror has its own UID.
-    fn kube(&self, adding: bool) -> Result<Option<Kube>> {
-        let Some(client) = self.client()? else {
-            return Ok(None);
-        };
-        let pod_ref = self.pod_ref();
-        let mut pod = None;
-        if let Some(r) = &pod_ref {
-            pod = client
-                .get_pod(&r.namespace, &r.name)
-                .with_context(|| format!("getting pod {}/{}", r.namespace, r.name))?;
-            match &pod {
-                None => log::warn!(
-                    "pod {}/{} not found: attaching the cluster network only",
-                    r.namespace,
-                    r.name
-                ),
-                Some(p) => {
-                    let stale = r
-                        .uid
-                        .as_deref()
-                        .filter(|u| *u != p.metadata.uid && !p.is_static());
-                    if let Some(uid) = stale {
-                        if adding {
-                            return Err(coded(
-                                Code::UnknownContainer,
-                                format!(
-                                    "pod {}/{}: expected UID {uid:?} but the API has {:?} (the pod was deleted and recreated)",
-                                    r.namespace, r.name, p.metadata.uid
-                                ),
-                            ));
-                        }
-                        // DEL of the old pod's sandbox: the new pod's annotations are not ours.
-                        pod = None;
-                    }
-                }
-            }
-        }
-        Ok(Some(Kube {
-            client,
-            pod_ref,
-            pod,
-        }))
-    }
-
-    /// The networks of this call, cluster network first.
-    fn selections(&self, kube: Option<&Kube>) -> Result<Vec<Selection>> {
-        let conf = &self.conf;
-        let mut resolver = Resolver {
-            conf,
-            kube,
-            nads: HashMap::new(),
-            devices: None,
-        };
-        let pod = kube.and_then(|k| k.pod.as_ref());
-        let annotation = |key: &str| {
-            pod.and_then(|p| p.metadata.annotations.get(key))
-                .filter(|a| !a.trim().is_empty())
-        };
-        let pod_namespace = pod
-            .map(|p| p.metadata.namespace.clone())
-            .or_else(|| self.env.arg("K8S_POD_NAMESPACE").map(String::from))
-            .unwrap_or_default();
-
-        let mut selections = Vec::new();
-        if let Some(text) = annotation(annotations::DEFAULT_NETWORK) {
-            let el = annotations::parse_default_network(text, &conf.multus_namespace)
-                .with_context(|| format!("pod annotation {}", annotations::DEFAULT_NETWORK))?;
-            selections.push(resolver.element(&el)?);
-        }
-        match &conf.cluster_network {
-            Some(cluster) => {
-                if selections.is_empty() {
-                    selections.push(
-                        resolver
-                            .reference(cluster)
-                            .with_context(|| format!("clusterNetwork {cluster:?}"))?,
-                    );
-                }
-                if !conf.system_namespaces.contains(&pod_namespace) {
-                    for name in &conf.default_networks {
-                        selections.push(
-                            resolver
-                                .reference(name)
-                                .with_context(|| format!("defaultNetworks {name:?}"))?,
-                        );
-                    }
-                }
-            }
-            None => {
-                for (i, d) in conf.delegates.iter().enumerate() {
-                    if i == 0 && !selections.is_empty() {
-                        continue;
-                    }
-                    let net = NetworkConfig::from_value(d.clone(), conf.cni_version)
-                        .with_context(|| format!("multihome config \"delegates\"[{i}]"))?;
-                    selections.push(Selection::plain(net));
-                }
-            }
-        }
-        if let Some(text) = annotation(annotations::NETWORKS) {
-            let elements = annotations::parse_networks(text, &pod_namespace)
-                .with_context(|| format!("pod annotation {}", annotations::NETWORKS))?;
-            for el in &elements {
-                if conf.namespace_isolation {
-                    check_namespace_isolation(&pod_namespace, el, &conf.global_namespaces)?;
-                }
-                selections.push(resolver.element(el)?);
-            }
-        }
-        Ok(selections)
-    }
-
-    fn plan(&self, kube: Option<&Kube>) -> Result<Vec<Attachment>> {
-        let attachments = plan(&self.env, &self.conf.runtime_config, self.selections(kube)?)?;
-        for att in &attachments {
-            validate_ifname(&att.ifname).with_context(|| format!("network {:?}", att.name))?;
-        }
-        Ok(attachments)
-    }
-}
-
-/// A resolved NetworkAttachmentDefinition: its network and its `resourceName`.
-type ResolvedNad = (NetworkConfig, Option<String>);
-
-/// Resolves network references of one call, fetching each NetworkAttachmentDefinition once.
-struct Resolver<'a> {
-    conf: &'a NetConf,
-    kube: Option<&'a Kube>,
-    nads: HashMap<(String, String), Option<ResolvedNad>>,
-    devices: Option<Devices>,
-}
-
-impl Resolver<'_> {
-    /// A NAD as a network config plus its `resourceName`; `None` when it does not exist.
-    fn nad(
-        &mut self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<(NetworkConfig, Option<String>)>> {
-        let Some(kube) = self.kube else {
-            return Ok(None);
-        };
-        let key = (namespace.to_string(), name.to_string());
-        if let Some(hit) = self.nads.get(&key) {
-            return Ok(hit.clone());
-        }
-        let resolved = match kube.client.get_nad(namespace, name)? {
-            None => None,
-            Some(nad) => {
-                let what = format!("NetworkAttachmentDefinition {namespace}/{name}");
-                let network = if nad.spec.config.trim().is_empty() {
-                    find_network_by_name(name, &self.conf.conf_dir, self.conf.cni_version)
-                        .with_context(|| format!("{what} has no spec.config"))?
-                } else {
-                    let mut value: Value = serde_json::from_str(&nad.spec.config).map_err(|e| {
-                        coded(
-                            Code::InvalidConfig,
-                            format!("{what}: spec.config is not valid JSON: {e}"),
-                        )
-                    })?;
-                    if let Some(obj) = value.as_object_mut() {
-                        if obj
-                            .get("name")
-                            .and_then(Value::as_str)
-                            .is_none_or(str::is_empty)
-                        {
-                            obj.insert("name".into(), json!(name));
-                        }
-                    }
-                    NetworkConfig::from_value(value, self.conf.cni_version)
-                        .with_context(|| what.clone())?
-                };
-                let resource = nad
-                    .metadata
-                    .annotations
-                    .get(annotations::RESOURCE_NAME)
-                    .filter(|r| !r.is_empty())
-                    .cloned();
-                Some((network, resource))
-            }
-        };
-        self.nads.insert(key, resolved.clone());
-        Ok(resolved)
-    }
-
-    /// `clusterNetwork`/`defaultNetworks`: a NAD in `multusNamespace` when the value is a plain
-    /// name and the API is available, else a file, a directory or a name in `confDir`.
-    fn reference(&mut self, reference: &str) -> Result<Selection> {
-        if !reference.contains('/') {
-            let ns = self.conf.multus_namespace.clone();
-            if let Some((network, _)) = self.nad(&ns, reference)? {
-                let mut sel = Selection::plain(network);
-                sel.name = format!("{ns}/{reference}");
-                return Ok(sel);
-            }
-        }
-        resolve_network(reference, &self.conf.conf_dir, self.conf.cni_version).map(Selection::plain)
-    }
-
-    /// An annotation element: its NAD (which must exist), device and requests.
-    fn element(&mut self, el: &NetworkSelection) -> Result<Selection> {
-        let (network, resource) = self.nad(&el.namespace, &el.name)?.ok_or_else(|| {
-            coded(
-                Code::InvalidConfig,
-                format!(
-                    "NetworkAttachmentDefinition {} not found: is it created, and is the k8s.cni.cncf.io CRD installed?",
-                    el.qualified_name()
-                ),
-            )
-        })?;
-        let Some(resource) = resource else {
-            return Selection::from_element(el, network, None);
-        };
-        let id = self
-            .device(&resource)
-            .with_context(|| format!("network {:?}", el.qualified_name()))?;
-        let info = device_info(&self.conf.device_info_dir, &resource, &id);
-        let mut sel = Selection::from_element(el, network, Some(id))?;
-        sel.device_info = info;
-        Ok(sel)
-    }
-
-    fn device(&mut self, resource: &str) -> Result<String> {
-        let devices = match self.devices.take() {
-            Some(d) => d,
-            None => {
-                let uid = self
-                    .kube
-                    .and_then(|k| k.pod.as_ref())
-                    .map(|p| p.metadata.uid.as_str())
-                    .unwrap_or_default();
-                let path = &self.conf.kubelet_checkpoint_file;
-                let bytes = std::fs::read(path)
-                    .with_context(|| format!("reading kubelet checkpoint {}", path.display()))?;
-                Devices::from_checkpoint(&bytes, uid)?
-            }
-        };
-        self.devices.insert(devices).take(resource)
-    }
-}
-
-/// The device plugin's device-info file for a device (NPWG device-info spec), if it wrote one:
-/// `<dir>/dp/<resource with '/' as '-'>-<device ID with '/' as '-'>-device.json`.
-fn device_info(dir: &std::path::Path, resource: &str, id: &str) -> Option<Value> {
-    let file = dir.join("dp").join(format!(
-        "{}-{}-device.json",
-        resource.replace('/', "-"),
-        id.replace('/', "-")
-    ));
-    let bytes = std::fs::read(&file).ok()?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| log::warn!("ignoring device-info {}: {e}", file.display()))
-        .ok()
 }
 
 /// ADD: attach every planned network; returns the cluster network's result in the caller's
@@ -454,7 +152,8 @@ pub fn add(inv: &Invocation) -> Result<Value> {
     let (reported, saved) = std::thread::scope(|s| {
         let saver = s.spawn(|| cache.save(&lock, &record, Durability::Durable));
         let reported = kube.as_ref().map_or(Ok(()), |kube| {
-            report_status(kube, &record, default_index).inspect(|()| send_events(kube, &record))
+            report::report_status(kube, &record, default_index)
+                .inspect(|()| report::send_events(kube, &record))
         });
         (reported, saver.join())
     });
@@ -500,106 +199,6 @@ fn rollback(
         Err(e) => {
             log::error!("rollback after failed ADD left errors (cache kept for DEL): {e:#}");
             cache.save(&lock, record, Durability::Durable)
-        }
-    }
-}
-
-/// The status entries of the recorded attachments, results read in the 1.0 shape. The
-/// attachment `default_index` is the pod's default network: the cluster network, or the one
-/// that took over the default route.
-fn status_of(record: &Record, default_index: usize) -> Result<Value> {
-    let v1 = Version::new(1, 0, 0);
-    let results: Vec<Value> = record
-        .attachments
-        .iter()
-        .map(|a| {
-            let r = a.result.as_ref().context("attachment without result")?;
-            convert(r, a.attachment.network.cni_version, v1)
-        })
-        .collect::<Result<_>>()?;
-    let inputs: Vec<StatusInput<'_>> = record
-        .attachments
-        .iter()
-        .zip(&results)
-        .enumerate()
-        .map(|(i, (a, result))| StatusInput {
-            name: &a.attachment.name,
-            ifname: &a.attachment.ifname,
-            default: i == default_index,
-            result,
-            device_info: a.attachment.device_info.as_ref(),
-        })
-        .collect();
-    Ok(annotations::network_status(&inputs))
-}
-
-/// Writes `network-status` with a merge PATCH of the pod's status subresource: only that
-/// annotation changes, so nothing else written by others can be lost. A pod deleted meanwhile
-/// is not an error (its DEL is coming).
-fn report_status(kube: &Kube, record: &Record, default_index: usize) -> Result<()> {
-    let (Some(pod), Some(r)) = (&kube.pod, &kube.pod_ref) else {
-        return Ok(());
-    };
-    let status = serde_json::to_string(&status_of(record, default_index)?)
-        .context("encoding network-status")?;
-    let patch = json!({"metadata": {"annotations": {annotations::NETWORK_STATUS: status}}});
-    match kube.client.patch_pod_status(&r.namespace, &r.name, &patch) {
-        Err(e) if CniError::from_anyhow(&e).msg.contains("pod not found") => {
-            log::warn!(
-                "pod {}/{} ({}) vanished before network-status was written",
-                r.namespace,
-                r.name,
-                pod.metadata.uid
-            );
-            Ok(())
-        }
-        other => other.with_context(|| {
-            format!(
-                "writing {} of pod {}/{}",
-                annotations::NETWORK_STATUS,
-                r.namespace,
-                r.name
-            )
-        }),
-    }
-}
-
-/// An `AddedInterface` event per attachment. Best effort: an event failing never fails ADD.
-fn send_events(kube: &Kube, record: &Record) {
-    let (Some(pod), Some(r)) = (&kube.pod, &kube.pod_ref) else {
-        return;
-    };
-    let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    for (i, a) in record.attachments.iter().enumerate() {
-        let ips: Vec<&str> = a
-            .result
-            .as_ref()
-            .and_then(|r| r.get("ips"))
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|ip| ip.get("address").and_then(Value::as_str))
-            .collect();
-        let event = json!({
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": format!("{}.{:x}", r.name, nanos + i as u128), "namespace": r.namespace},
-            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": r.namespace, "name": r.name,
-                               "uid": pod.metadata.uid, "resourceVersion": pod.metadata.resource_version},
-            "reason": "AddedInterface",
-            "message": format!("Add {} [{}] from {}", a.attachment.ifname, ips.join(", "), a.attachment.name),
-            "type": "Normal",
-            "source": {"component": "multihome"},
-            "reportingComponent": "multihome",
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        });
-        if let Err(e) = kube.client.create_event(&r.namespace, &event) {
-            log::warn!("event AddedInterface for {}/{}: {e:#}", r.namespace, r.name);
         }
     }
 }

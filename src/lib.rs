@@ -5,10 +5,12 @@
 //!
 //! - [`cni`]: the protocol (environment, versions, result conversion);
 //! - [`config`]: multihome's configuration and delegate network configs;
-//! - [`plan`]: the pure plan, config + environment -> ordered attachments;
+//! - [`resolve`]: what a call attaches, from the config, the pod and its NADs;
+//! - [`plan`]: the pure plan, networks + environment -> ordered attachments;
 //! - [`delegate`]: executing delegate plugins;
 //! - [`netns`]: namespaces and netlink;
 //! - [`cache`]: the per-container record;
+//! - [`k8s`]: the Kubernetes API (access, client, device checkpoint, status and events);
 //! - [`flows`]: ADD, DEL and CHECK;
 //! - [`error`]: CNI error codes and the boundary mapping.
 
@@ -26,6 +28,7 @@ pub mod logging;
 pub mod netlink;
 pub mod netns;
 pub mod plan;
+pub mod resolve;
 
 use anyhow::Result;
 use serde_json::Value;

@@ -1,0 +1,114 @@
+//! Telling Kubernetes what was attached: the pod's `k8s.v1.cni.cncf.io/network-status`
+//! annotation and an `AddedInterface` event per attachment.
+
+use std::time::SystemTime;
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+
+use crate::annotations::{self, StatusInput};
+use crate::cache::Record;
+use crate::cni::result::convert;
+use crate::cni::version::Version;
+use crate::error::CniError;
+use crate::resolve::Kube;
+
+/// The status entries of the recorded attachments, results read in the 1.0 shape. The
+/// attachment `default_index` is the pod's default network: the cluster network, or the one
+/// that took over the default route.
+fn status_of(record: &Record, default_index: usize) -> Result<Value> {
+    let v1 = Version::new(1, 0, 0);
+    let results: Vec<Value> = record
+        .attachments
+        .iter()
+        .map(|a| {
+            let r = a.result.as_ref().context("attachment without result")?;
+            convert(r, a.attachment.network.cni_version, v1)
+        })
+        .collect::<Result<_>>()?;
+    let inputs: Vec<StatusInput<'_>> = record
+        .attachments
+        .iter()
+        .zip(&results)
+        .enumerate()
+        .map(|(i, (a, result))| StatusInput {
+            name: &a.attachment.name,
+            ifname: &a.attachment.ifname,
+            default: i == default_index,
+            result,
+            device_info: a.attachment.device_info.as_ref(),
+        })
+        .collect();
+    Ok(annotations::network_status(&inputs))
+}
+
+/// Writes `network-status` with a merge PATCH of the pod's status subresource: only that
+/// annotation changes, so nothing else written by others can be lost. A pod deleted meanwhile
+/// is not an error (its DEL is coming).
+pub(crate) fn report_status(kube: &Kube, record: &Record, default_index: usize) -> Result<()> {
+    let (Some(pod), Some(r)) = (&kube.pod, &kube.pod_ref) else {
+        return Ok(());
+    };
+    let status = serde_json::to_string(&status_of(record, default_index)?)
+        .context("encoding network-status")?;
+    let patch = json!({"metadata": {"annotations": {annotations::NETWORK_STATUS: status}}});
+    match kube.client.patch_pod_status(&r.namespace, &r.name, &patch) {
+        Err(e) if CniError::from_anyhow(&e).msg.contains("pod not found") => {
+            log::warn!(
+                "pod {}/{} ({}) vanished before network-status was written",
+                r.namespace,
+                r.name,
+                pod.metadata.uid
+            );
+            Ok(())
+        }
+        other => other.with_context(|| {
+            format!(
+                "writing {} of pod {}/{}",
+                annotations::NETWORK_STATUS,
+                r.namespace,
+                r.name
+            )
+        }),
+    }
+}
+
+/// An `AddedInterface` event per attachment. Best effort: an event failing never fails ADD.
+pub(crate) fn send_events(kube: &Kube, record: &Record) {
+    let (Some(pod), Some(r)) = (&kube.pod, &kube.pod_ref) else {
+        return;
+    };
+    let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    for (i, a) in record.attachments.iter().enumerate() {
+        let ips: Vec<&str> = a
+            .result
+            .as_ref()
+            .and_then(|r| r.get("ips"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip.get("address").and_then(Value::as_str))
+            .collect();
+        let event = json!({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": format!("{}.{:x}", r.name, nanos + i as u128), "namespace": r.namespace},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": r.namespace, "name": r.name,
+                               "uid": pod.metadata.uid, "resourceVersion": pod.metadata.resource_version},
+            "reason": "AddedInterface",
+            "message": format!("Add {} [{}] from {}", a.attachment.ifname, ips.join(", "), a.attachment.name),
+            "type": "Normal",
+            "source": {"component": "multihome"},
+            "reportingComponent": "multihome",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        });
+        if let Err(e) = kube.client.create_event(&r.namespace, &event) {
+            log::warn!("event AddedInterface for {}/{}: {e:#}", r.namespace, r.name);
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! What one call attaches: the networks of the pod, resolved from multihome's config
+//! (`clusterNetwork`, `defaultNetworks`, `delegates`), the pod's annotations and its
+//! NetworkAttachmentDefinitions, with the devices allocated to it; then planned.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+
+use crate::annotations::{self, NetworkSelection};
+use crate::cni::env::validate_ifname;
+use crate::config::{NetConf, NetworkConfig, find_network_by_name, resolve_network};
+use crate::error::{Code, coded};
+use crate::flows::Invocation;
+use crate::k8s::checkpoint::Devices;
+use crate::k8s::{Access, Client, Pod};
+use crate::plan::{Attachment, Selection, check_namespace_isolation, plan};
+
+/// The pod a call is for, as `CNI_ARGS` names it.
+#[derive(Debug, Clone)]
+pub(crate) struct PodRef {
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+    pub(crate) uid: Option<String>,
+}
+
+/// What Kubernetes says about the pod of one call.
+pub(crate) struct Kube {
+    pub(crate) client: Client,
+    pub(crate) pod_ref: Option<PodRef>,
+    /// `None` when there is no pod to ask about, or the API has no such pod.
+    pub(crate) pod: Option<Pod>,
+}
+
+impl Invocation {
+    fn pod_ref(&self) -> Option<PodRef> {
+        let arg = |k| self.env.arg(k).filter(|v| !v.is_empty()).map(String::from);
+        Some(PodRef {
+            namespace: arg("K8S_POD_NAMESPACE")?,
+            name: arg("K8S_POD_NAME")?,
+            uid: arg("K8S_POD_UID"),
+        })
+    }
+
+    /// The API client, when multihome is configured for Kubernetes (`kubeconfig`, or the
+    /// in-cluster environment).
+    fn client(&self) -> Result<Option<Client>> {
+        let access = match &self.conf.kubeconfig {
+            Some(path) => Access::from_kubeconfig(path)?,
+            None => match Access::in_cluster(
+                |k| std::env::var(k).ok(),
+                crate::k8s::access::SERVICE_ACCOUNT_DIR.as_ref(),
+            )? {
+                Some(a) => a,
+                None => return Ok(None),
+            },
+        };
+        Client::new(&access, self.conf.api_timeouts).map(Some)
+    }
+
+    /// Connects to the API and fetches the pod. On ADD a UID mismatch (the pod was deleted and
+    /// recreated) is an error, except for static pods whose mirror has its own UID.
+    pub(crate) fn kube(&self, adding: bool) -> Result<Option<Kube>> {
+        let Some(client) = self.client()? else {
+            return Ok(None);
+        };
+        let pod_ref = self.pod_ref();
+        let mut pod = None;
+        if let Some(r) = &pod_ref {
+            pod = client
+                .get_pod(&r.namespace, &r.name)
+                .with_context(|| format!("getting pod {}/{}", r.namespace, r.name))?;
+            match &pod {
+                None => log::warn!(
+                    "pod {}/{} not found: attaching the cluster network only",
+                    r.namespace,
+                    r.name
+                ),
+                Some(p) => {
+                    let stale = r
+                        .uid
+                        .as_deref()
+                        .filter(|u| *u != p.metadata.uid && !p.is_static());
+                    if let Some(uid) = stale {
+                        if adding {
+                            return Err(coded(
+                                Code::UnknownContainer,
+                                format!(
+                                    "pod {}/{}: expected UID {uid:?} but the API has {:?} (the pod was deleted and recreated)",
+                                    r.namespace, r.name, p.metadata.uid
+                                ),
+                            ));
+                        }
+                        // DEL of the old pod's sandbox: the new pod's annotations are not ours.
+                        pod = None;
+                    }
+                }
+            }
+        }
+        Ok(Some(Kube {
+            client,
+            pod_ref,
+            pod,
+        }))
+    }
+
+    /// The networks of this call, cluster network first.
+    fn selections(&self, kube: Option<&Kube>) -> Result<Vec<Selection>> {
+        let conf = &self.conf;
+        let mut resolver = Resolver {
+            conf,
+            kube,
+            nads: HashMap::new(),
+            devices: None,
+        };
+        let pod = kube.and_then(|k| k.pod.as_ref());
+        let annotation = |key: &str| {
+            pod.and_then(|p| p.metadata.annotations.get(key))
+                .filter(|a| !a.trim().is_empty())
+        };
+        let pod_namespace = pod
+            .map(|p| p.metadata.namespace.clone())
+            .or_else(|| self.env.arg("K8S_POD_NAMESPACE").map(String::from))
+            .unwrap_or_default();
+
+        let mut selections = Vec::new();
+        if let Some(text) = annotation(annotations::DEFAULT_NETWORK) {
+            let el = annotations::parse_default_network(text, &conf.multus_namespace)
+                .with_context(|| format!("pod annotation {}", annotations::DEFAULT_NETWORK))?;
+            selections.push(resolver.element(&el)?);
+        }
+        match &conf.cluster_network {
+            Some(cluster) => {
+                if selections.is_empty() {
+                    selections.push(
+                        resolver
+                            .reference(cluster)
+                            .with_context(|| format!("clusterNetwork {cluster:?}"))?,
+                    );
+                }
+                if !conf.system_namespaces.contains(&pod_namespace) {
+                    for name in &conf.default_networks {
+                        selections.push(
+                            resolver
+                                .reference(name)
+                                .with_context(|| format!("defaultNetworks {name:?}"))?,
+                        );
+                    }
+                }
+            }
+            None => {
+                for (i, d) in conf.delegates.iter().enumerate() {
+                    if i == 0 && !selections.is_empty() {
+                        continue;
+                    }
+                    let net = NetworkConfig::from_value(d.clone(), conf.cni_version)
+                        .with_context(|| format!("multihome config \"delegates\"[{i}]"))?;
+                    selections.push(Selection::plain(net));
+                }
+            }
+        }
+        if let Some(text) = annotation(annotations::NETWORKS) {
+            let elements = annotations::parse_networks(text, &pod_namespace)
+                .with_context(|| format!("pod annotation {}", annotations::NETWORKS))?;
+            for el in &elements {
+                if conf.namespace_isolation {
+                    check_namespace_isolation(&pod_namespace, el, &conf.global_namespaces)?;
+                }
+                selections.push(resolver.element(el)?);
+            }
+        }
+        Ok(selections)
+    }
+
+    pub(crate) fn plan(&self, kube: Option<&Kube>) -> Result<Vec<Attachment>> {
+        let attachments = plan(&self.env, &self.conf.runtime_config, self.selections(kube)?)?;
+        for att in &attachments {
+            validate_ifname(&att.ifname).with_context(|| format!("network {:?}", att.name))?;
+        }
+        Ok(attachments)
+    }
+}
+
+/// A resolved NetworkAttachmentDefinition: its network and its `resourceName`.
+type ResolvedNad = (NetworkConfig, Option<String>);
+
+/// Resolves network references of one call, fetching each NetworkAttachmentDefinition once.
+struct Resolver<'a> {
+    conf: &'a NetConf,
+    kube: Option<&'a Kube>,
+    nads: HashMap<(String, String), Option<ResolvedNad>>,
+    devices: Option<Devices>,
+}
+
+impl Resolver<'_> {
+    /// A NAD as a network config plus its `resourceName`; `None` when it does not exist.
+    fn nad(
+        &mut self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<(NetworkConfig, Option<String>)>> {
+        let Some(kube) = self.kube else {
+            return Ok(None);
+        };
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(hit) = self.nads.get(&key) {
+            return Ok(hit.clone());
+        }
+        let resolved = match kube.client.get_nad(namespace, name)? {
+            None => None,
+            Some(nad) => {
+                let what = format!("NetworkAttachmentDefinition {namespace}/{name}");
+                let network = if nad.spec.config.trim().is_empty() {
+                    find_network_by_name(name, &self.conf.conf_dir, self.conf.cni_version)
+                        .with_context(|| format!("{what} has no spec.config"))?
+                } else {
+                    let mut value: Value = serde_json::from_str(&nad.spec.config).map_err(|e| {
+                        coded(
+                            Code::InvalidConfig,
+                            format!("{what}: spec.config is not valid JSON: {e}"),
+                        )
+                    })?;
+                    if let Some(obj) = value.as_object_mut() {
+                        if obj
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .is_none_or(str::is_empty)
+                        {
+                            obj.insert("name".into(), json!(name));
+                        }
+                    }
+                    NetworkConfig::from_value(value, self.conf.cni_version)
+                        .with_context(|| what.clone())?
+                };
+                let resource = nad
+                    .metadata
+                    .annotations
+                    .get(annotations::RESOURCE_NAME)
+                    .filter(|r| !r.is_empty())
+                    .cloned();
+                Some((network, resource))
+            }
+        };
+        self.nads.insert(key, resolved.clone());
+        Ok(resolved)
+    }
+
+    /// `clusterNetwork`/`defaultNetworks`: a NAD in `multusNamespace` when the value is a plain
+    /// name and the API is available, else a file, a directory or a name in `confDir`.
+    fn reference(&mut self, reference: &str) -> Result<Selection> {
+        if !reference.contains('/') {
+            let ns = self.conf.multus_namespace.clone();
+            if let Some((network, _)) = self.nad(&ns, reference)? {
+                let mut sel = Selection::plain(network);
+                sel.name = format!("{ns}/{reference}");
+                return Ok(sel);
+            }
+        }
+        resolve_network(reference, &self.conf.conf_dir, self.conf.cni_version).map(Selection::plain)
+    }
+
+    /// An annotation element: its NAD (which must exist), device and requests.
+    fn element(&mut self, el: &NetworkSelection) -> Result<Selection> {
+        let (network, resource) = self.nad(&el.namespace, &el.name)?.ok_or_else(|| {
+            coded(
+                Code::InvalidConfig,
+                format!(
+                    "NetworkAttachmentDefinition {} not found: is it created, and is the k8s.cni.cncf.io CRD installed?",
+                    el.qualified_name()
+                ),
+            )
+        })?;
+        let Some(resource) = resource else {
+            return Selection::from_element(el, network, None);
+        };
+        let id = self
+            .device(&resource)
+            .with_context(|| format!("network {:?}", el.qualified_name()))?;
+        let info = device_info(&self.conf.device_info_dir, &resource, &id);
+        let mut sel = Selection::from_element(el, network, Some(id))?;
+        sel.device_info = info;
+        Ok(sel)
+    }
+
+    fn device(&mut self, resource: &str) -> Result<String> {
+        let devices = match self.devices.take() {
+            Some(d) => d,
+            None => {
+                let uid = self
+                    .kube
+                    .and_then(|k| k.pod.as_ref())
+                    .map(|p| p.metadata.uid.as_str())
+                    .unwrap_or_default();
+                let path = &self.conf.kubelet_checkpoint_file;
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("reading kubelet checkpoint {}", path.display()))?;
+                Devices::from_checkpoint(&bytes, uid)?
+            }
+        };
+        self.devices.insert(devices).take(resource)
+    }
+}
+
+/// The device plugin's device-info file for a device (NPWG device-info spec), if it wrote one:
+/// `<dir>/dp/<resource with '/' as '-'>-<device ID with '/' as '-'>-device.json`.
+fn device_info(dir: &std::path::Path, resource: &str, id: &str) -> Option<Value> {
+    let file = dir.join("dp").join(format!(
+        "{}-{}-device.json",
+        resource.replace('/', "-"),
+        id.replace('/', "-")
+    ));
+    let bytes = std::fs::read(&file).ok()?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| log::warn!("ignoring device-info {}: {e}", file.display()))
+        .ok()
+}
