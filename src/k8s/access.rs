@@ -376,12 +376,12 @@ mod tests {
         std::fs::write(d.join("ca.crt"), "CA").unwrap();
         std::fs::write(d.join("token"), " t \n").unwrap();
         let env = |k: &str| match k {
-            "KUBERNETES_SERVICE_HOST" => Some("fd00::1".to_string()),
+            "KUBERNETES_SERVICE_HOST" => Some("2001:db8::cafe".to_string()),
             "KUBERNETES_SERVICE_PORT" => Some("443".to_string()),
             _ => None,
         };
         let a = Access::in_cluster(env, &d).unwrap().unwrap();
-        assert_eq!(a.server, "https://[fd00::1]:443");
+        assert_eq!(a.server, "https://[2001:db8::cafe]:443");
         assert_eq!(a.token.as_deref(), Some("t"));
         assert!(Access::in_cluster(|_| None, &d).unwrap().is_none());
         std::fs::remove_dir_all(&d).unwrap();
