@@ -115,6 +115,8 @@ struct Bench {
     dir: PathBuf,
     api: ApiServer,
     kubeconfig: PathBuf,
+    /// Where the stub delegate is.
+    stub_dir: PathBuf,
     /// The UIDs the stand-in gave the pods, as kubelet passes them in `K8S_POD_UID`.
     uids: Vec<String>,
     cluster: Value,
@@ -174,6 +176,8 @@ enum Series {
     Static,
     Api,
     Version,
+    StubFloor,
+    StubStatic,
 }
 
 impl Series {
@@ -183,7 +187,13 @@ impl Series {
             Series::Static => "multihome, static delegates",
             Series::Api => "multihome, through the API",
             Series::Version => "multihome VERSION",
+            Series::StubFloor => "stub delegates called directly",
+            Series::StubStatic => "multihome, stub delegates",
         }
+    }
+
+    fn stubs(self) -> bool {
+        matches!(self, Series::StubFloor | Series::StubStatic)
     }
 }
 
@@ -250,6 +260,136 @@ fn cache_entries(dir: &Path) -> usize {
 
 const EXPECTED: [&str; 3] = ["eth0", "net1", "net2"];
 
+/// The stub delegate: `/bin/sh`, prints a minimal result on ADD. Stubs make delegate cost small
+/// and steady, so multihome's own cost stands out of the noise (and its peak RSS is its own).
+const STUB: &str = "#!/bin/sh\ncat >/dev/null\n[ \"$CNI_COMMAND\" = ADD ] && printf '{\"cniVersion\":\"1.0.0\",\"interfaces\":[{\"name\":\"%s\",\"sandbox\":\"%s\"}],\"ips\":[{\"address\":\"198.18.250.1/24\",\"interface\":0}]}' \"$CNI_IFNAME\" \"$CNI_NETNS\"\nexit 0\n";
+
+fn write_stub(dir: &Path) -> PathBuf {
+    let stub_dir = dir.join("stub");
+    std::fs::create_dir_all(&stub_dir).unwrap();
+    let stub = stub_dir.join("stub");
+    std::fs::write(&stub, STUB).unwrap();
+    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    stub_dir
+}
+
+fn stub_net(name: &str) -> Value {
+    json!({"cniVersion": "1.0.0", "name": name, "type": "stub"})
+}
+
+/// The networks a series attaches, with the interface each gets, and where their plugins are.
+fn networks(b: &Bench, series: Series) -> (Vec<(Value, &'static str)>, PathBuf) {
+    if series.stubs() {
+        let nets = vec![
+            (stub_net("a"), "eth0"),
+            (stub_net("b"), "net1"),
+            (stub_net("c"), "net2"),
+        ];
+        (nets, b.stub_dir.clone())
+    } else {
+        let nets = vec![
+            (b.cluster.clone(), "eth0"),
+            (b.macvlan.clone(), "net1"),
+            (b.bridge.clone(), "net2"),
+        ];
+        (nets, PathBuf::from(PLUGINS))
+    }
+}
+
+/// The delegates called directly, as a runtime calls them: name and version injected, and on DEL
+/// the ADD result as prevResult (libcni does so from 0.4.0 on).
+fn direct(
+    b: &Bench,
+    series: Series,
+    cid: &str,
+    pod: &Netns,
+    i: usize,
+) -> Result<(Duration, Duration), String> {
+    let (nets, dir) = networks(b, series);
+    let calls: Vec<(String, Value, &str)> = nets
+        .into_iter()
+        .map(|(net, ifname)| {
+            let mut conf = net
+                .get("plugins")
+                .map_or_else(|| net.clone(), |p| p[0].clone());
+            conf["name"] = net["name"].clone();
+            conf["cniVersion"] = json!("1.0.0");
+            (
+                dir.join(conf["type"].as_str().unwrap())
+                    .display()
+                    .to_string(),
+                conf,
+                ifname,
+            )
+        })
+        .collect();
+    let mut add = Duration::ZERO;
+    let mut results = Vec::new();
+    for (bin, conf, ifname) in &calls {
+        let (t, out) = invoke(
+            bin,
+            &b.env("ADD", cid, pod, ifname, i),
+            conf.to_string().as_bytes(),
+        )?;
+        add += t;
+        results.push(serde_json::from_str::<Value>(&out).map_err(|e| format!("{bin}: {e}"))?);
+    }
+    check_links(pod, series)?;
+    let mut del = Duration::ZERO;
+    for ((bin, conf, ifname), result) in calls.iter().zip(results).rev() {
+        let mut conf = conf.clone();
+        conf["prevResult"] = result;
+        let (t, _) = invoke(
+            bin,
+            &b.env("DEL", cid, pod, ifname, i),
+            conf.to_string().as_bytes(),
+        )?;
+        del += t;
+    }
+    Ok((add, del))
+}
+
+/// multihome ADD then DEL with `conf`; API requests are counted for the API series.
+fn through_multihome(
+    b: &Bench,
+    s: &Mutex<Samples>,
+    series: Series,
+    cid: &str,
+    pod: &Netns,
+    i: usize,
+) -> Result<(Duration, Duration), String> {
+    let conf = match series {
+        Series::Api => b.api_conf(),
+        Series::StubStatic => {
+            let (nets, dir) = networks(b, series);
+            json!({"cniVersion": "1.0.0", "name": "multihome", "binDir": dir, "cniDir": b.dir.join("cache"),
+                   "delegates": nets.into_iter().map(|(n, _)| n).collect::<Vec<_>>()})
+        }
+        _ => b.static_conf(),
+    };
+    let stdin = conf.to_string();
+    b.api.take_requests();
+    b.api.take_connections();
+    let (add, _) = invoke(BIN, &b.env("ADD", cid, pod, "eth0", i), stdin.as_bytes())?;
+    if series == Series::Api {
+        let mut st = s.lock().unwrap();
+        for r in b.api.take_requests() {
+            *st.requests_add.entry(request_kind(&r)).or_default() += 1;
+        }
+        st.handshakes += b.api.take_connections();
+        st.api_adds += 1;
+    }
+    check_links(pod, series)?;
+    let (del, _) = invoke(BIN, &b.env("DEL", cid, pod, "eth0", i), stdin.as_bytes())?;
+    if series == Series::Api {
+        let mut st = s.lock().unwrap();
+        for r in b.api.take_requests() {
+            *st.requests_del.entry(request_kind(&r)).or_default() += 1;
+        }
+    }
+    Ok((add, del))
+}
+
 /// One series on one pod: ADD, check, DEL, check.
 fn run_series(
     b: &Bench,
@@ -266,81 +406,9 @@ fn run_series(
             s.lock().unwrap().add.entry(series).or_default().push(t);
             return Ok(());
         }
-        Series::Floor => {
-            // Each delegate as a runtime calls it: name and version injected, and on DEL its ADD
-            // result as prevResult (libcni does so from 0.4.0 on).
-            let calls: Vec<(String, Value, &str)> = [
-                (&b.cluster, "eth0"),
-                (&b.macvlan, "net1"),
-                (&b.bridge, "net2"),
-            ]
-            .into_iter()
-            .map(|(net, ifname)| {
-                let mut conf = net
-                    .get("plugins")
-                    .map_or_else(|| net.clone(), |p| p[0].clone());
-                conf["name"] = net["name"].clone();
-                conf["cniVersion"] = json!("1.0.0");
-                (
-                    format!("{PLUGINS}/{}", conf["type"].as_str().unwrap()),
-                    conf,
-                    ifname,
-                )
-            })
-            .collect();
-            let mut add = Duration::ZERO;
-            let mut results = Vec::new();
-            for (bin, conf, ifname) in &calls {
-                let (t, out) = invoke(
-                    bin,
-                    &b.env("ADD", &cid, pod, ifname, i),
-                    conf.to_string().as_bytes(),
-                )?;
-                add += t;
-                results
-                    .push(serde_json::from_str::<Value>(&out).map_err(|e| format!("{bin}: {e}"))?);
-            }
-            check_links(pod, &series)?;
-            let mut del = Duration::ZERO;
-            for ((bin, conf, ifname), result) in calls.iter().zip(results).rev() {
-                let mut conf = conf.clone();
-                conf["prevResult"] = result;
-                let (t, _) = invoke(
-                    bin,
-                    &b.env("DEL", &cid, pod, ifname, i),
-                    conf.to_string().as_bytes(),
-                )?;
-                del += t;
-            }
-            (add, del)
-        }
-        Series::Static | Series::Api => {
-            let conf = if series == Series::Static {
-                b.static_conf()
-            } else {
-                b.api_conf()
-            };
-            let stdin = conf.to_string();
-            b.api.take_requests();
-            b.api.take_connections();
-            let (add, _) = invoke(BIN, &b.env("ADD", &cid, pod, "eth0", i), stdin.as_bytes())?;
-            if series == Series::Api {
-                let mut st = s.lock().unwrap();
-                for r in b.api.take_requests() {
-                    *st.requests_add.entry(request_kind(&r)).or_default() += 1;
-                }
-                st.handshakes += b.api.take_connections();
-                st.api_adds += 1;
-            }
-            check_links(pod, &series)?;
-            let (del, _) = invoke(BIN, &b.env("DEL", &cid, pod, "eth0", i), stdin.as_bytes())?;
-            if series == Series::Api {
-                let mut st = s.lock().unwrap();
-                for r in b.api.take_requests() {
-                    *st.requests_del.entry(request_kind(&r)).or_default() += 1;
-                }
-            }
-            (add, del)
+        Series::Floor | Series::StubFloor => direct(b, series, &cid, pod, i)?,
+        Series::Static | Series::Api | Series::StubStatic => {
+            through_multihome(b, s, series, &cid, pod, i)?
         }
     };
     if !links(pod).is_empty() {
@@ -356,11 +424,13 @@ fn run_series(
     Ok(())
 }
 
-fn check_links(pod: &Netns, series: &Series) -> Result<(), String> {
+/// After ADD: real delegates made all three interfaces; stubs make none.
+fn check_links(pod: &Netns, series: Series) -> Result<(), String> {
     let got = links(pod);
-    if got != EXPECTED {
+    let expected: &[&str] = if series.stubs() { &[] } else { &EXPECTED };
+    if got != expected {
         return Err(format!(
-            "{}: pod {} has {got:?}, expected {EXPECTED:?}",
+            "{}: pod {} has {got:?}, expected {expected:?}",
             series.label(),
             pod.name
         ));
@@ -382,18 +452,12 @@ fn stats(v: &[Duration]) -> (f64, f64, f64) {
 /// and `/bin/sh` stub delegates (getrusage of children counts the largest process of the whole
 /// subtree, so the Go delegates must not be in it).
 fn rss_probe(pod_path: &str, kubeconfig: &str, dir: &str) -> ExitCode {
-    let stub_dir = Path::new(dir).join("stub");
-    std::fs::create_dir_all(&stub_dir).unwrap();
-    let script = "#!/bin/sh\ncat >/dev/null\n[ \"$CNI_COMMAND\" = ADD ] && printf '{\"cniVersion\":\"1.0.0\",\"interfaces\":[{\"name\":\"%s\",\"sandbox\":\"%s\"}],\"ips\":[{\"address\":\"198.18.250.1/24\",\"interface\":0}]}' \"$CNI_IFNAME\" \"$CNI_NETNS\"\nexit 0\n";
-    let stub = stub_dir.join("stub");
-    std::fs::write(&stub, script).unwrap();
-    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let net = |name: &str| json!({"cniVersion": "1.0.0", "name": name, "type": "stub"});
+    let stub_dir = write_stub(Path::new(dir));
     let mut conf = json!({"cniVersion": "1.0.0", "name": "multihome", "binDir": stub_dir, "cniDir": Path::new(dir).join("probe-cache"),
-                          "delegates": [net("a"), net("b"), net("c")]});
+                          "delegates": [stub_net("a"), stub_net("b"), stub_net("c")]});
     if !kubeconfig.is_empty() {
         conf["kubeconfig"] = json!(kubeconfig);
-        conf["delegates"] = json!([net("a")]);
+        conf["delegates"] = json!([stub_net("a")]);
     }
     let env = |cmd: &str| {
         vec![
@@ -483,6 +547,7 @@ fn main() -> ExitCode {
         dir: dir.clone(),
         api,
         kubeconfig,
+        stub_dir: write_stub(&dir),
         uids: Vec::new(),
         cluster: Value::Null,
         macvlan: Value::Null,
@@ -516,7 +581,13 @@ fn main() -> ExitCode {
         "multihome benchmark: {} pods, real plugins from {PLUGINS} (bridge cluster network + macvlan-net@net1, bridge-net)",
         args.pods
     );
-    let order = [Series::Floor, Series::Static, Series::Api];
+    let order = [
+        Series::Floor,
+        Series::Static,
+        Series::Api,
+        Series::StubFloor,
+        Series::StubStatic,
+    ];
     let pods: Vec<Netns> = (0..pods_total)
         .map(|i| Netns::create(format!("{tag}-p{i}")))
         .collect();
@@ -549,7 +620,14 @@ fn main() -> ExitCode {
         "{:<30} {:>9} {:>9} {:>9}   {:>9} {:>9} {:>9}",
         "series (ms)", "ADD med", "p95", "max", "DEL med", "p95", "max"
     );
-    for series in [Series::Floor, Series::Static, Series::Api, Series::Version] {
+    for series in [
+        Series::Floor,
+        Series::Static,
+        Series::Api,
+        Series::Version,
+        Series::StubFloor,
+        Series::StubStatic,
+    ] {
         let (am, ap, ax) = stats(s.add.get(&series).map(Vec::as_slice).unwrap_or_default());
         let del = s.del.get(&series).map(Vec::as_slice).unwrap_or_default();
         if del.is_empty() {
@@ -575,6 +653,11 @@ fn main() -> ExitCode {
             med(&s.del, series) - floor.1
         );
     }
+    println!(
+        "multihome's own cost (stub delegates, low noise): ADD {:+.2} ms, DEL {:+.2} ms (medians)",
+        med(&s.add, Series::StubStatic) - med(&s.add, Series::StubFloor),
+        med(&s.del, Series::StubStatic) - med(&s.del, Series::StubFloor)
+    );
     let per = |m: &BTreeMap<String, usize>| {
         let total: usize = m.values().sum();
         let parts: Vec<String> = m
