@@ -231,3 +231,37 @@ fn an_unreachable_gateway_fails_add_and_rolls_back() {
     );
     k.assert_clean();
 }
+
+#[test]
+fn the_cluster_attachment_itself_may_carry_the_request() {
+    // A ptp cluster network (from the default-network annotation) installs no default route;
+    // asking for one through it puts it there, and the status and result say so.
+    let k = Kube::new("drcluster");
+    let mut alt = k.w.ptp_net("1.0.0");
+    alt["name"] = json!("alt-cluster");
+    alt["ipam"]["subnet"] = json!("198.18.7.0/24");
+    k.api
+        .add_nad("kube-system", "alt-cluster", Some(&alt), json!({}));
+    let conf = k.conf();
+    let default_network =
+        json!([{"name": "alt-cluster", "default-route": ["198.18.7.1"]}]).to_string();
+    let uid = k.pod("p", json!({"v1.multus-cni.io/default-network": default_network, "k8s.v1.cni.cncf.io/networks": "macvlan-net"}));
+    let out = k.run("ADD", &conf, "p", &uid).success().stdout;
+    assert_eq!(
+        defaults(&k, false),
+        [("198.18.7.1".to_string(), "eth0".to_string())]
+    );
+    assert_eq!(
+        result_defaults(&out),
+        [("0.0.0.0/0".to_string(), Some("198.18.7.1".to_string()))]
+    );
+    let status = k.status("p");
+    assert_eq!(
+        (status[0]["default"].as_bool(), status[0]["gateway"].clone()),
+        (Some(true), json!(["198.18.7.1"]))
+    );
+    assert_eq!(status[1]["default"], false);
+    k.w.run("CHECK", &conf).success();
+    k.run("DEL", &conf, "p", &uid).success();
+    k.assert_clean();
+}
