@@ -370,22 +370,23 @@ fn through_multihome(
     let stdin = conf.to_string();
     b.api.take_requests();
     b.api.take_connections();
-    let (add, _) = invoke(BIN, &b.env("ADD", cid, pod, "eth0", i), stdin.as_bytes())?;
-    if series == Series::Api {
-        let mut st = s.lock().unwrap();
+    let counted = series == Series::Api;
+    let count = |into: &mut BTreeMap<String, usize>| {
         for r in b.api.take_requests() {
-            *st.requests_add.entry(request_kind(&r)).or_default() += 1;
+            *into.entry(request_kind(&r)).or_default() += 1;
         }
+    };
+    let (add, _) = invoke(BIN, &b.env("ADD", cid, pod, "eth0", i), stdin.as_bytes())?;
+    if counted {
+        let mut st = s.lock().unwrap();
+        count(&mut st.requests_add);
         st.handshakes += b.api.take_connections();
         st.api_adds += 1;
     }
     check_links(pod, series)?;
     let (del, _) = invoke(BIN, &b.env("DEL", cid, pod, "eth0", i), stdin.as_bytes())?;
-    if series == Series::Api {
-        let mut st = s.lock().unwrap();
-        for r in b.api.take_requests() {
-            *st.requests_del.entry(request_kind(&r)).or_default() += 1;
-        }
+    if counted {
+        count(&mut s.lock().unwrap().requests_del);
     }
     Ok((add, del))
 }
