@@ -629,6 +629,7 @@ fn a_failing_event_never_fails_add() {
             path_contains: "/events",
         });
     }
+    k.api.take_requests();
     k.run("ADD", &conf, "p", &uid).success();
     assert_eq!(k.w.pod.links(), ["eth0", "net1"]);
     assert_eq!(
@@ -636,6 +637,13 @@ fn a_failing_event_never_fails_add() {
         2,
         "network-status was still written"
     );
+    let events = k
+        .api
+        .take_requests()
+        .iter()
+        .filter(|r| r.ends_with("/events"))
+        .count();
+    assert_eq!(events, 2, "one attempt per event, no retries");
     k.run("DEL", &conf, "p", &uid).success();
     k.assert_clean();
 }

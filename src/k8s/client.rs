@@ -20,6 +20,9 @@ use serde_json::Value;
 use super::access::Access;
 use crate::error::{CniError, Code, coded};
 
+/// `attempts` for a call that may use the whole configured retry budget (`apiAttempts`).
+const FULL_BUDGET: u32 = u32::MAX;
+
 /// Timeouts and retry budget for API calls.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -162,7 +165,7 @@ impl Client {
     /// `GET` a pod; `Ok(None)` when it does not exist.
     pub fn get_pod(&self, namespace: &str, name: &str) -> Result<Option<Pod>> {
         let path = format!("/api/v1/namespaces/{namespace}/pods/{name}");
-        match self.call(Method::GET, &path, None)? {
+        match self.call(Method::GET, &path, None, FULL_BUDGET)? {
             Reply::NotFound(_) => Ok(None),
             Reply::Ok(body) => Ok(Some(decode(&body, &path)?)),
         }
@@ -173,7 +176,7 @@ impl Client {
         let path = format!(
             "/apis/k8s.cni.cncf.io/v1/namespaces/{namespace}/network-attachment-definitions/{name}"
         );
-        match self.call(Method::GET, &path, None)? {
+        match self.call(Method::GET, &path, None, FULL_BUDGET)? {
             Reply::Ok(body) => Ok(Some(decode(&body, &path)?)),
             Reply::NotFound(_) => Ok(None),
         }
@@ -187,6 +190,7 @@ impl Client {
             Method::PATCH,
             &path,
             Some(("application/merge-patch+json", body)),
+            FULL_BUDGET,
         )? {
             Reply::Ok(_) => Ok(()),
             Reply::NotFound(s) => Err(coded(
@@ -196,17 +200,25 @@ impl Client {
         }
     }
 
-    /// Creates an event in `namespace`.
+    /// Creates an event in `namespace`, in one attempt: events are best effort, and retrying one
+    /// would only delay the pod.
     pub fn create_event(&self, namespace: &str, event: &Value) -> Result<()> {
         let path = format!("/api/v1/namespaces/{namespace}/events");
         let body = serde_json::to_vec(event).context("encoding event")?;
-        match self.call(Method::POST, &path, Some(("application/json", body)))? {
+        match self.call(Method::POST, &path, Some(("application/json", body)), 1)? {
             Reply::Ok(_) => Ok(()),
             Reply::NotFound(s) => Err(coded(Code::Internal, format!("POST {path}: {}", s.message))),
         }
     }
 
-    fn call(&self, method: Method, path: &str, body: Option<(&str, Vec<u8>)>) -> Result<Reply> {
+    /// One API call, retried within the budget (`attempts` caps it further).
+    fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+        attempts: u32,
+    ) -> Result<Reply> {
         let url = format!("{}{path}", self.server);
         let deadline = Instant::now() + self.timeouts.total;
         let mut attempt = 0;
@@ -262,7 +274,10 @@ impl Client {
                 }
             };
             let backoff = wait.unwrap_or(Duration::from_millis(100 << attempt.min(6)));
-            if !retry || attempt >= self.timeouts.attempts || Instant::now() + backoff >= deadline {
+            if !retry
+                || attempt >= attempts.min(self.timeouts.attempts)
+                || Instant::now() + backoff >= deadline
+            {
                 return Err(err);
             }
             log::info!("retrying {method} {path} in {backoff:?}: {err:#}");
