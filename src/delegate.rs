@@ -46,14 +46,16 @@ impl Runner {
         let mut host_link = None;
         for (i, plugin) in att.network.plugins.iter().enumerate() {
             let request = plugin_request(att, plugin, prev.as_ref());
-            let out = if plugin_type(plugin)? == host_interface::TYPE {
-                let (result, original) =
-                    host_interface::add(self, att, &request).with_context(|| step(att, i))?;
-                host_link = Some(original);
-                Some(result)
-            } else {
-                self.exec(Command::Add, att, plugin_type(plugin)?, &request)
-                    .with_context(|| step(att, i))?
+            let out = match plugin_type(plugin)? {
+                host_interface::TYPE => {
+                    let (result, original) =
+                        host_interface::add(self, att, &request).with_context(|| step(att, i))?;
+                    host_link = Some(original);
+                    Some(result)
+                }
+                kind => self
+                    .exec(Command::Add, att, kind, &request)
+                    .with_context(|| step(att, i))?,
             };
             let mut result = out
                 .ok_or_else(|| coded(Code::Decode, "plugin printed no result"))

@@ -111,13 +111,6 @@ pub fn add(inv: &Invocation) -> Result<Value> {
     // too, and DEL without a record re-plans from the config and still releases IPAM.
     cache.save(&lock, &record, Durability::Atomic)?;
 
-    let request = record
-        .attachments
-        .iter()
-        .position(|a| a.attachment.default_route.is_some());
-    let gateways = request
-        .and_then(|r| record.attachments[r].attachment.default_route.clone())
-        .unwrap_or_default();
     for k in 0..record.attachments.len() {
         let att = &record.attachments[k].attachment;
         match runner.add(att) {
@@ -133,8 +126,11 @@ pub fn add(inv: &Invocation) -> Result<Value> {
         }
     }
     let mut default_index = 0;
-    if let Some(r) = request {
-        let ifname = record.attachments[r].attachment.ifname.clone();
+    let request = record.attachments.iter().enumerate().find_map(|(r, a)| {
+        let gateways = a.attachment.default_route.clone()?;
+        Some((r, a.attachment.ifname.clone(), gateways))
+    });
+    if let Some((r, ifname, gateways)) = request {
         let settled = default_route::settle(&netns, &ifname, &gateways).and_then(|routes| {
             default_route::rewrite_results(&mut record, &ifname, &routes).map(|()| routes)
         });
@@ -232,10 +228,14 @@ pub fn del(inv: &Invocation) -> Result<()> {
             );
             None
         });
-        match inv.plan(kube.as_ref()).or_else(|e| {
-            log::warn!("DEL without cache: {e:#}; planning from the config alone");
-            inv.plan(None)
-        }) {
+        let planned = match (inv.plan(kube.as_ref()), &kube) {
+            (Err(e), Some(_)) => {
+                log::warn!("DEL without cache: {e:#}; planning from the config alone");
+                inv.plan(None)
+            }
+            (planned, _) => planned,
+        };
+        match planned {
             Ok(atts) => {
                 let atts: Vec<_> = atts.into_iter().map(CachedAttachment::planned).collect();
                 if let Err(e) = del_attachments(&runner, &atts) {

@@ -194,11 +194,7 @@ struct Resolver<'a> {
 
 impl Resolver<'_> {
     /// A NAD as a network config plus its `resourceName`; `None` when it does not exist.
-    fn nad(
-        &mut self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<(NetworkConfig, Option<String>)>> {
+    fn nad(&mut self, namespace: &str, name: &str) -> Result<Option<ResolvedNad>> {
         let Some(kube) = self.kube else {
             return Ok(None);
         };
