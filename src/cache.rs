@@ -1,15 +1,20 @@
-//! The per-container cache under `cniDir`: what ADD attached (each delegate's exact config,
-//! interface name, arguments and result), so DEL and CHECK act on exactly that even when config
-//! files change or the API server is gone.
+//! The cache under `cniDir`: for every attachment ADD made, what it attached (each delegate's
+//! exact config, interface name, arguments and result), so DEL, CHECK and GC act on exactly that
+//! even when config files change or the API server is gone.
 //!
-//! One file per container, `<cniDir>/<containerID>.json`, written atomically (temp file, fsync,
-//! rename, fsync of the directory) so a crash leaves the old file or the new one, never a torn
-//! one. Operations on one container are serialised by an `flock` on `<containerID>.lock`; other
-//! containers are never blocked, and nothing scans the directory.
+//! A record is keyed by the CNI attachment, (network name, `CNI_CONTAINERID`, `CNI_IFNAME`), as
+//! libcni keys its own cache: `<cniDir>/<network>+<containerID>+<ifname>.json`. `+` cannot
+//! appear in a network name or a container ID, so the name is unambiguous. Records of the layout
+//! before (`<cniDir>/<containerID>.json`, one per container) are still read, so a node full of
+//! running pods can DEL them after an upgrade in place.
+//!
+//! Writes are atomic (temporary file, rename; with [`Durability::Durable`] also fsync of the file
+//! and the directory). Operations on one attachment are serialised by an `flock` on
+//! `<key>.lock`; other attachments are never blocked. Only GC lists the directory.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -22,18 +27,59 @@ use crate::plan::Attachment;
 /// Marks the file format, so a future layout can be told apart.
 pub const KIND: &str = "multihome/v1";
 
-/// One container's record.
+/// The separator of the parts of a record's file name; not allowed in network names or
+/// container IDs.
+const SEP: char = '+';
+
+/// One CNI attachment of multihome: its network, container and runtime interface.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    /// multihome's network name (`name` of its config).
+    pub network: String,
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// `CNI_IFNAME`.
+    pub ifname: String,
+}
+
+impl Key {
+    fn stem(&self) -> String {
+        format!(
+            "{}{SEP}{}{SEP}{}",
+            self.network, self.container_id, self.ifname
+        )
+    }
+
+    /// The key a record file name stands for, if it is one of `network`'s.
+    fn from_stem(network: &str, stem: &str) -> Option<Key> {
+        let rest = stem.strip_prefix(network)?.strip_prefix(SEP)?;
+        let (container_id, ifname) = rest.split_once(SEP)?;
+        (!container_id.is_empty() && !ifname.is_empty()).then(|| Key {
+            network: network.to_string(),
+            container_id: container_id.to_string(),
+            ifname: ifname.to_string(),
+        })
+    }
+}
+
+/// One attachment's record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Record {
     /// Always [`KIND`].
     pub kind: String,
+    /// multihome's network name (empty in records of the layout before).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub network: String,
     /// `CNI_CONTAINERID`.
     pub container_id: String,
     /// `CNI_NETNS` at ADD.
     pub netns: Option<String>,
     /// `CNI_IFNAME` at ADD.
     pub ifname: String,
+    /// When ADD began (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added: Option<String>,
     /// The attachments, in ADD order, with their results once added.
     pub attachments: Vec<CachedAttachment>,
 }
@@ -78,30 +124,72 @@ pub struct Cache {
     dir: PathBuf,
 }
 
-/// An exclusive hold on one container's cache entry; released on drop.
+/// An exclusive hold on one record (its lock file); released on drop. Loading, saving and
+/// removing the record go through it.
 #[derive(Debug)]
 pub struct Lock {
     _file: Flock<File>,
-    path: PathBuf,
+    lock: PathBuf,
+    record: PathBuf,
+    tmp: PathBuf,
+}
+
+/// What GC finds of one network in the directory.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Records (or lock and temporary files without a record) of the current layout.
+    pub keys: Vec<Key>,
+    /// Container IDs of records, lock or temporary files of the layout before.
+    pub legacy: Vec<String>,
 }
 
 impl Cache {
-    /// The cache in `dir` (created on first write).
+    /// The cache in `dir` (created, mode 0700, on first use).
     pub fn new(dir: &Path) -> Cache {
         Cache {
             dir: dir.to_path_buf(),
         }
     }
 
-    fn record_path(&self, container_id: &str) -> PathBuf {
-        self.dir.join(format!("{container_id}.json"))
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
-    /// Takes the container's lock, waiting for another operation on it to finish.
-    pub fn lock(&self, container_id: &str) -> Result<Lock> {
-        fs::create_dir_all(&self.dir)
+    /// Takes the lock of `key`'s record, waiting for another operation on it to finish.
+    pub fn lock(&self, key: &Key) -> Result<Lock> {
+        self.lock_stem(&key.stem(), FlockArg::LockExclusive)
+            .map(|l| l.expect("a blocking lock is always taken"))
+    }
+
+    /// Takes the lock of `key`'s record unless another process holds it (`None`).
+    pub fn try_lock(&self, key: &Key) -> Result<Option<Lock>> {
+        self.lock_stem(&key.stem(), FlockArg::LockExclusiveNonblock)
+    }
+
+    /// Whether a record of the layout before (one per container) exists for `container_id`.
+    pub fn has_legacy(&self, container_id: &str) -> bool {
+        self.dir.join(format!("{container_id}.json")).exists()
+    }
+
+    /// Takes the lock of a record of the layout before (one per container), waiting.
+    pub fn lock_legacy(&self, container_id: &str) -> Result<Lock> {
+        self.lock_stem(container_id, FlockArg::LockExclusive)
+            .map(|l| l.expect("a blocking lock is always taken"))
+    }
+
+    /// Takes the lock of a record of the layout before unless another process holds it.
+    pub fn try_lock_legacy(&self, container_id: &str) -> Result<Option<Lock>> {
+        self.lock_stem(container_id, FlockArg::LockExclusiveNonblock)
+    }
+
+    fn lock_stem(&self, stem: &str, how: FlockArg) -> Result<Option<Lock>> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
             .with_context(|| format!("creating cache directory {}", self.dir.display()))?;
-        let path = self.dir.join(format!("{container_id}.lock"));
+        let path = self.dir.join(format!("{stem}.lock"));
         loop {
             let file = OpenOptions::new()
                 .create(true)
@@ -110,31 +198,37 @@ impl Cache {
                 .mode(0o600)
                 .open(&path)
                 .with_context(|| format!("opening lock {}", path.display()))?;
-            let locked = Flock::lock(file, FlockArg::LockExclusive)
-                .map_err(|(_, e)| e)
-                .with_context(|| format!("locking {}", path.display()))?;
-            // DEL removes the lock file while holding it; a waiter that opened the old file
+            let locked = match Flock::lock(file, how) {
+                Ok(l) => l,
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+                Err((_, e)) => {
+                    return Err(e).with_context(|| format!("locking {}", path.display()));
+                }
+            };
+            // Removal deletes the lock file while holding it; a waiter that opened the old file
             // must not believe it holds the lock, so check the path still names our file.
             let held = locked
                 .metadata()
                 .with_context(|| format!("stat {}", path.display()))?;
             match fs::metadata(&path) {
                 Ok(current) if current.ino() == held.ino() && current.dev() == held.dev() => {
-                    return Ok(Lock {
+                    return Ok(Some(Lock {
                         _file: locked,
-                        path,
-                    });
+                        lock: path,
+                        record: self.dir.join(format!("{stem}.json")),
+                        tmp: self.dir.join(format!(".{stem}.json.tmp")),
+                    }));
                 }
                 _ => continue,
             }
         }
     }
 
-    /// Reads a container's record. `Ok(None)` when there is none; an unreadable or torn file is
-    /// an error the caller can choose to survive.
-    pub fn load(&self, _lock: &Lock, container_id: &str) -> Result<Option<Record>> {
-        let path = self.record_path(container_id);
-        let bytes = match fs::read(&path) {
+    /// Reads the locked record. `Ok(None)` when there is none; an unreadable or torn file is an
+    /// error the caller can choose to survive.
+    pub fn load(&self, lock: &Lock) -> Result<Option<Record>> {
+        let path = &lock.record;
+        let bytes = match fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("reading cache {}", path.display())),
@@ -151,44 +245,80 @@ impl Cache {
         Ok(Some(record))
     }
 
-    /// Writes a container's record atomically (temporary file, rename). With `durable` the data
+    /// Writes the locked record atomically (temporary file, rename). With `durable` the data
     /// and the rename are also fsynced, so the record survives a power loss; without, it
     /// survives a crash of the process (the page cache outlives it) at no fsync cost.
-    pub fn save(&self, _lock: &Lock, record: &Record, durable: Durability) -> Result<()> {
-        let path = self.record_path(&record.container_id);
-        let tmp = self.dir.join(format!(".{}.json.tmp", record.container_id));
+    pub fn save(&self, lock: &Lock, record: &Record, durable: Durability) -> Result<()> {
         let write = || -> std::io::Result<()> {
             let mut file = OpenOptions::new()
                 .create(true)
                 .truncate(true)
                 .write(true)
                 .mode(0o600)
-                .open(&tmp)?;
+                .open(&lock.tmp)?;
             file.write_all(&serde_json::to_vec(record).map_err(std::io::Error::other)?)?;
             if durable == Durability::Durable {
                 file.sync_all()?;
             }
-            fs::rename(&tmp, &path)?;
+            fs::rename(&lock.tmp, &lock.record)?;
             if durable == Durability::Durable {
                 File::open(&self.dir)?.sync_all()?;
             }
             Ok(())
         };
-        write().with_context(|| format!("writing cache {}", path.display()))
+        write().with_context(|| format!("writing cache {}", lock.record.display()))
     }
 
-    /// Removes a container's record and its lock file (while holding the lock).
-    pub fn remove(&self, lock: Lock, container_id: &str) -> Result<()> {
-        let path = self.record_path(container_id);
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| format!("removing cache {}", path.display()));
+    /// Removes the locked record, a temporary file a crash left, and the lock file (while
+    /// holding the lock).
+    pub fn remove(&self, lock: Lock) -> Result<()> {
+        for path in [&lock.record, &lock.tmp] {
+            match fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing cache {}", path.display()));
+                }
+                _ => {}
             }
-            _ => {}
         }
-        let _ = fs::remove_file(&lock.path);
+        let _ = fs::remove_file(&lock.lock);
         drop(lock);
         Ok(())
+    }
+
+    /// Every attachment of `network` with a file here (record, lock or temporary file), and
+    /// every container with a file of the layout before.
+    pub fn list(&self, network: &str) -> Result<Listing> {
+        let mut listing = Listing::default();
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(listing),
+            Err(e) => {
+                return Err(e).with_context(|| format!("listing {}", self.dir.display()));
+            }
+        };
+        for entry in entries {
+            let entry = entry.with_context(|| format!("listing {}", self.dir.display()))?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let stem = match name.strip_prefix('.') {
+                Some(hidden) => hidden.strip_suffix(".json.tmp"),
+                None => name
+                    .strip_suffix(".json")
+                    .or_else(|| name.strip_suffix(".lock")),
+            };
+            let Some(stem) = stem else { continue };
+            if !stem.contains(SEP) {
+                listing.legacy.push(stem.to_string());
+            } else if let Some(key) = Key::from_stem(network, stem) {
+                listing.keys.push(key);
+            }
+        }
+        listing.keys.sort();
+        listing.keys.dedup();
+        listing.legacy.sort();
+        listing.legacy.dedup();
+        Ok(listing)
     }
 }
 
@@ -208,6 +338,14 @@ mod tests {
         d
     }
 
+    fn key(cid: &str, ifname: &str) -> Key {
+        Key {
+            network: "mh".into(),
+            container_id: cid.into(),
+            ifname: ifname.into(),
+        }
+    }
+
     fn record(cid: &str) -> Record {
         let network = NetworkConfig::from_value(
             json!({"name": "n", "type": "bridge"}),
@@ -216,9 +354,11 @@ mod tests {
         .unwrap();
         Record {
             kind: KIND.into(),
+            network: "mh".into(),
             container_id: cid.into(),
             netns: Some("/run/netns/x".into()),
             ifname: "eth0".into(),
+            added: Some("2026-12-01T00:00:00Z".into()),
             attachments: vec![CachedAttachment {
                 attachment: Attachment {
                     name: "n".into(),
@@ -239,12 +379,15 @@ mod tests {
     fn save_load_remove_round_trip() {
         let dir = tempdir("rt");
         let cache = Cache::new(&dir);
-        let lock = cache.lock("c1").unwrap();
-        assert_eq!(cache.load(&lock, "c1").unwrap(), None);
+        let lock = cache.lock(&key("c1", "eth0")).unwrap();
+        assert_eq!(cache.load(&lock).unwrap(), None);
         cache
             .save(&lock, &record("c1"), Durability::Durable)
             .unwrap();
-        assert_eq!(cache.load(&lock, "c1").unwrap(), Some(record("c1")));
+        assert_eq!(cache.load(&lock).unwrap(), Some(record("c1")));
+        assert!(dir.join("mh+c1+eth0.json").exists());
+        let mode = fs::metadata(&dir).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o700, "the directory is private");
         let names: Vec<_> = fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -253,14 +396,85 @@ mod tests {
             !names.iter().any(|n| n.to_string_lossy().ends_with(".tmp")),
             "{names:?}"
         );
-        cache.remove(lock, "c1").unwrap();
+        cache.remove(lock).unwrap();
         assert_eq!(
             fs::read_dir(&dir).unwrap().count(),
             0,
             "record and lock are gone"
         );
-        let lock = cache.lock("c1").unwrap();
-        cache.remove(lock, "c1").unwrap();
+        let lock = cache.lock(&key("c1", "eth0")).unwrap();
+        cache.remove(lock).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn one_container_on_two_networks_or_interfaces_has_two_records() {
+        let dir = tempdir("keys");
+        let cache = Cache::new(&dir);
+        let a = cache.lock(&key("c1", "eth0")).unwrap();
+        let b = cache.lock(&key("c1", "eth1")).unwrap();
+        let other = Key {
+            network: "other".into(),
+            ..key("c1", "eth0")
+        };
+        let c = cache.lock(&other).unwrap();
+        let mut second = record("c1");
+        second.ifname = "eth1".into();
+        cache.save(&a, &record("c1"), Durability::Atomic).unwrap();
+        cache.save(&b, &second, Durability::Atomic).unwrap();
+        cache.save(&c, &record("c1"), Durability::Atomic).unwrap();
+        assert_eq!(cache.load(&a).unwrap(), Some(record("c1")));
+        assert_eq!(cache.load(&b).unwrap(), Some(second));
+        let listing = cache.list("mh").unwrap();
+        assert_eq!(listing.keys, vec![key("c1", "eth0"), key("c1", "eth1")]);
+        assert!(listing.legacy.is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn listing_finds_leftovers_and_the_layout_before() {
+        let dir = tempdir("list");
+        fs::create_dir_all(&dir).unwrap();
+        for name in [
+            "mh+c1+eth0.json",
+            "mh+c2+eth0.lock",
+            ".mh+c3+net+1.json.tmp",
+            "mhx+c4+eth0.json",
+            "other+c5+eth0.json",
+            "old1.json",
+            "old2.lock",
+            ".old3.json.tmp",
+            "README",
+        ] {
+            fs::write(dir.join(name), b"").unwrap();
+        }
+        let listing = Cache::new(&dir).list("mh").unwrap();
+        assert_eq!(
+            listing.keys,
+            vec![key("c1", "eth0"), key("c2", "eth0"), key("c3", "net+1")]
+        );
+        assert_eq!(listing.legacy, vec!["old1", "old2", "old3"]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A record exactly as multihome 0.1.0 wrote it (captured from that binary), before records
+    /// were keyed by attachment.
+    const LEGACY_RECORD: &str = r#"{"kind":"multihome/v1","containerId":"ctr-1","netns":"/run/netns/p1","ifname":"eth0","attachments":[{"name":"cluster","network":{"name":"cluster","cniVersion":"1.0.0","disableCheck":false,"plugins":[{"type":"bridge","bridge":"mhbr0","isGateway":true,"ipam":{"type":"host-local","subnet":"198.18.0.0/24","dataDir":"/tmp/legacy-ipam"}}]},"ifname":"eth0","cniArgs":[["IgnoreUnknown","1"]],"runtimeConfig":{},"result":{"cniVersion":"1.0.0","interfaces":[{"name":"mhbr0","mac":"d6:8c:c7:e9:98:7b"},{"name":"veth9198e86c","mac":"62:5e:ab:79:71:08"},{"name":"eth0","mac":"da:4a:28:84:eb:6c","sandbox":"/run/netns/p1"}],"ips":[{"interface":2,"address":"198.18.0.2/24","gateway":"198.18.0.1"}],"dns":{}}}]}"#;
+
+    #[test]
+    fn records_of_the_layout_before_are_read() {
+        let dir = tempdir("legacy");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("ctr-1.json"), LEGACY_RECORD).unwrap();
+        let cache = Cache::new(&dir);
+        let lock = cache.lock_legacy("ctr-1").unwrap();
+        let r = cache.load(&lock).unwrap().unwrap();
+        assert_eq!((r.network.as_str(), r.ifname.as_str()), ("", "eth0"));
+        assert_eq!(r.attachments[0].attachment.network.plugins.len(), 1);
+        assert_eq!(r.attachments[0].attachment.cni_args.len(), 1);
+        assert!(r.attachments[0].result.is_some() && r.added.is_none());
+        cache.remove(lock).unwrap();
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -268,27 +482,35 @@ mod tests {
     fn torn_file_is_an_error_not_a_panic() {
         let dir = tempdir("torn");
         let cache = Cache::new(&dir);
-        let lock = cache.lock("c2").unwrap();
-        fs::write(dir.join("c2.json"), b"{\"kind\":\"multihome/v1\",\"contai").unwrap();
-        let err = cache.load(&lock, "c2").unwrap_err();
-        assert!(format!("{err:#}").contains("c2.json"));
+        let lock = cache.lock(&key("c2", "eth0")).unwrap();
+        fs::write(
+            dir.join("mh+c2+eth0.json"),
+            b"{\"kind\":\"multihome/v1\",\"contai",
+        )
+        .unwrap();
+        let err = cache.load(&lock).unwrap_err();
+        assert!(format!("{err:#}").contains("mh+c2+eth0.json"));
         fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn lock_serialises_one_container_and_survives_removal() {
+    fn lock_serialises_one_attachment_and_survives_removal() {
         let dir = tempdir("lock");
         let cache = Arc::new(Cache::new(&dir));
-        let lock = cache.lock("c3").unwrap();
+        let lock = cache.lock(&key("c3", "eth0")).unwrap();
+        assert!(
+            cache.try_lock(&key("c3", "eth0")).unwrap().is_none(),
+            "held"
+        );
         let barrier = Arc::new(Barrier::new(2));
         let waiter = {
             let (cache, barrier) = (cache.clone(), barrier.clone());
             std::thread::spawn(move || {
                 barrier.wait();
-                let l = cache.lock("c3").unwrap();
+                let l = cache.lock(&key("c3", "eth0")).unwrap();
                 // It only gets here after the holder removed everything.
-                let saw = cache.load(&l, "c3").unwrap();
-                cache.remove(l, "c3").unwrap();
+                let saw = cache.load(&l).unwrap();
+                cache.remove(l).unwrap();
                 saw
             })
         };
@@ -297,11 +519,12 @@ mod tests {
         cache
             .save(&lock, &record("c3"), Durability::Atomic)
             .unwrap();
-        cache.remove(lock, "c3").unwrap();
+        cache.remove(lock).unwrap();
         assert_eq!(waiter.join().unwrap(), None);
-        // A different container is never blocked by this one.
-        let a = cache.lock("c4").unwrap();
-        let b = cache.lock("c5").unwrap();
+        // A different attachment is never blocked by this one.
+        let a = cache.lock(&key("c4", "eth0")).unwrap();
+        let b = cache.try_lock(&key("c4", "eth1")).unwrap();
+        assert!(b.is_some());
         drop((a, b));
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -86,6 +86,19 @@ struct Wire {
     api_attempts: Option<u32>,
     kubelet_checkpoint_file: Option<PathBuf>,
     device_info_dir: Option<PathBuf>,
+    #[serde(
+        rename = "cni.dev/valid-attachments",
+        default,
+        deserialize_with = "present"
+    )]
+    valid_attachments: Option<Value>,
+    #[serde(rename = "cni.dev/attachments", default, deserialize_with = "present")]
+    attachments: Option<Value>,
+}
+
+/// A key that is present, `null` included (`Option<Value>` alone reads `null` as absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// multihome's validated configuration, with Multus defaults applied.
@@ -141,6 +154,9 @@ pub struct NetConf {
     pub kubelet_checkpoint_file: PathBuf,
     /// `deviceInfoDir`: the device-info directory of the NPWG device-info spec.
     pub device_info_dir: PathBuf,
+    /// GC's `cni.dev/valid-attachments` and the older `cni.dev/attachments`, as given (checked
+    /// by GC only: no other command reads them).
+    pub gc_attachments: [Option<Value>; 2],
 }
 
 /// Default `deviceInfoDir`.
@@ -269,6 +285,7 @@ impl NetConf {
             device_info_dir: wire
                 .device_info_dir
                 .unwrap_or_else(|| DEFAULT_DEVICE_INFO_DIR.into()),
+            gc_attachments: [wire.valid_attachments, wire.attachments],
         })
     }
 }
@@ -285,6 +302,9 @@ pub struct NetworkConfig {
     /// Skip CHECK for this network.
     #[serde(default)]
     pub disable_check: bool,
+    /// Skip GC for this network (`disableGC`).
+    #[serde(default, rename = "disableGC")]
+    pub disable_gc: bool,
     /// The plugin configs, in chain order, exactly as given.
     pub plugins: Vec<Value>,
 }
@@ -337,23 +357,27 @@ impl NetworkConfig {
         for (i, plugin) in plugins.iter().enumerate() {
             plugin_type(plugin).with_context(|| format!("network {name:?}, plugin {i}"))?;
         }
-        let disable_check = match obj.get("disableCheck") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(Value::String(s)) if s == "true" || s == "false" => s == "true",
-            Some(other) => {
-                return Err(coded(
-                    Code::InvalidConfig,
-                    format!("network {name:?}: \"disableCheck\" must be a boolean, got {other}"),
-                ));
-            }
-        };
         Ok(NetworkConfig {
+            disable_check: flag(&obj, "disableCheck")
+                .with_context(|| format!("network {name:?}"))?,
+            disable_gc: flag(&obj, "disableGC").with_context(|| format!("network {name:?}"))?,
             name,
             cni_version,
-            disable_check,
             plugins,
         })
+    }
+}
+
+/// A boolean key of a conflist; libcni >= 1.2 also takes the strings "true" and "false".
+fn flag(obj: &Map<String, Value>, key: &str) -> Result<bool> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::String(s)) if s == "true" || s == "false" => Ok(s == "true"),
+        Some(other) => Err(coded(
+            Code::InvalidConfig,
+            format!("{key:?} must be a boolean, got {other}"),
+        )),
     }
 }
 

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
 
 use anyhow::{Context, Result};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
-use crate::cni::env::{Command, format_args};
+use crate::cni::env::{Arg, Command, format_args};
 use crate::cni::result::convert;
-use crate::config::plugin_type;
+use crate::config::{NetworkConfig, plugin_type};
 use crate::error::{CniError, Code, coded};
 use crate::host_interface;
 use crate::plan::{Attachment, filter_runtime_config};
@@ -150,13 +150,95 @@ impl Runner {
         kind: &str,
         request: &Value,
     ) -> Result<Option<Value>> {
+        let call = Call {
+            label: &att.name,
+            ifname: &att.ifname,
+            args: &att.cni_args,
+        };
+        self.run(command, &call, kind, request)
+    }
+
+    /// GC of one delegate network: every plugin of the chain (and the built-in's IPAM) gets
+    /// `valid`, its own attachments, as `cni.dev/valid-attachments`. Goes on past failures and
+    /// reports them all.
+    pub fn gc(&self, network: &NetworkConfig, valid: &[(String, String)]) -> Result<()> {
+        let list: Vec<Value> = valid
+            .iter()
+            .map(|(cid, ifname)| json!({"containerID": cid, "ifname": ifname}))
+            .collect();
+        let mut errors = Vec::new();
+        for (i, plugin) in network.plugins.iter().enumerate() {
+            let mut request = network_request(network, plugin);
+            // Both names: the spec's tag text said "cni.dev/attachments", libcni >= 1.2.3 sends both.
+            request.insert(
+                "cni.dev/valid-attachments".into(),
+                Value::Array(list.clone()),
+            );
+            request.insert("cni.dev/attachments".into(), Value::Array(list.clone()));
+            let request = Value::Object(request);
+            if let Err(e) = self.network_call(Command::Gc, network, plugin, &request) {
+                errors.push(format!(
+                    "{}: {}",
+                    network_step(network, i),
+                    CniError::from_anyhow(&e).msg
+                ));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(coded(Code::Internal, errors.join("; ")))
+        }
+    }
+
+    /// STATUS of one delegate network: every plugin of the chain (and the built-in's IPAM), in
+    /// order, until one is not available.
+    pub fn status(&self, network: &NetworkConfig) -> Result<()> {
+        for (i, plugin) in network.plugins.iter().enumerate() {
+            let request = Value::Object(network_request(network, plugin));
+            self.network_call(Command::Status, network, plugin, &request)
+                .with_context(|| network_step(network, i))?;
+        }
+        Ok(())
+    }
+
+    /// A network-wide call (GC, STATUS) of one plugin: no container, interface or arguments.
+    fn network_call(
+        &self,
+        command: Command,
+        network: &NetworkConfig,
+        plugin: &Value,
+        request: &Value,
+    ) -> Result<()> {
+        let kind = match plugin_type(plugin)? {
+            host_interface::TYPE => match host_interface::ipam_type(plugin)? {
+                Some(ipam) => ipam,
+                None => return Ok(()),
+            },
+            kind => kind,
+        };
+        let call = Call {
+            label: &network.name,
+            ifname: "",
+            args: &[],
+        };
+        self.run(command, &call, kind, request).map(drop)
+    }
+
+    fn run(
+        &self,
+        command: Command,
+        call: &Call<'_>,
+        kind: &str,
+        request: &Value,
+    ) -> Result<Option<Value>> {
         let binary = find_plugin(kind, &self.search_path)?;
         let stdin = serde_json::to_vec(request).context("encoding plugin config")?;
         log::debug!(
             "{} {} ifname={} binary={}",
             command.as_str(),
-            att.name,
-            att.ifname,
+            call.label,
+            call.ifname,
             binary.display()
         );
         let mut child = Process::new(&binary);
@@ -171,8 +253,8 @@ impl Runner {
             .env("CNI_COMMAND", command.as_str())
             .env("CNI_CONTAINERID", &self.container_id)
             .env("CNI_NETNS", self.netns.as_deref().unwrap_or_default())
-            .env("CNI_IFNAME", &att.ifname)
-            .env("CNI_ARGS", format_args(&att.cni_args))
+            .env("CNI_IFNAME", call.ifname)
+            .env("CNI_ARGS", format_args(call.args))
             .env(
                 "CNI_PATH",
                 std::env::join_paths(&self.search_path).unwrap_or_default(),
@@ -218,6 +300,28 @@ impl Runner {
     }
 }
 
+/// Who a plugin call is for: the environment beyond the runner's.
+struct Call<'a> {
+    /// Network or attachment name, for logs.
+    label: &'a str,
+    /// `CNI_IFNAME` (empty for network-wide calls).
+    ifname: &'a str,
+    /// `CNI_ARGS` pairs.
+    args: &'a [Arg],
+}
+
+fn network_step(network: &NetworkConfig, plugin: usize) -> String {
+    let kind = network
+        .plugins
+        .get(plugin)
+        .and_then(|p| plugin_type(p).ok())
+        .unwrap_or("?");
+    format!(
+        "delegate {kind} (plugin {plugin} of network {:?})",
+        network.name
+    )
+}
+
 fn step(att: &Attachment, plugin: usize) -> String {
     let kind = att
         .network
@@ -241,12 +345,7 @@ fn step(att: &Attachment, plugin: usize) -> String {
 /// The stdin of one plugin: its config with the network's `name` and `cniVersion`, the
 /// capabilities it declares, and `prevResult` when given.
 pub fn plugin_request(att: &Attachment, plugin: &Value, prev: Option<&Value>) -> Value {
-    let mut obj = plugin.as_object().cloned().unwrap_or_default();
-    obj.insert("name".into(), Value::String(att.network.name.clone()));
-    obj.insert(
-        "cniVersion".into(),
-        Value::String(att.network.cni_version.to_string()),
-    );
+    let mut obj = network_request(&att.network, plugin);
     let rc = filter_runtime_config(plugin, &att.runtime_config);
     if !rc.is_empty() {
         let existing = obj
@@ -261,6 +360,17 @@ pub fn plugin_request(att: &Attachment, plugin: &Value, prev: Option<&Value>) ->
         None => obj.remove("prevResult"),
     };
     Value::Object(obj)
+}
+
+/// A plugin's config with the network's `name` and `cniVersion`, as every call starts from.
+fn network_request(network: &NetworkConfig, plugin: &Value) -> Map<String, Value> {
+    let mut obj = plugin.as_object().cloned().unwrap_or_default();
+    obj.insert("name".into(), Value::String(network.name.clone()));
+    obj.insert(
+        "cniVersion".into(),
+        Value::String(network.cni_version.to_string()),
+    );
+    obj
 }
 
 /// The first `dir/kind` that is an executable file.
@@ -336,10 +446,10 @@ fn plugin_error(
     )
 }
 
-/// Fails unless every plugin binary of the attachment (and of the built-in's IPAM) can be found,
+/// Fails unless every plugin binary of the network (and of the built-in's IPAM) can be found,
 /// so ADD can refuse before any delegate runs.
-pub fn check_available(att: &Attachment, search_path: &[PathBuf]) -> Result<()> {
-    for plugin in &att.network.plugins {
+pub fn check_available(network: &NetworkConfig, name: &str, search_path: &[PathBuf]) -> Result<()> {
+    for plugin in &network.plugins {
         let kind = match plugin_type(plugin)? {
             host_interface::TYPE => match host_interface::ipam_type(plugin)? {
                 Some(ipam) => ipam,
@@ -347,7 +457,7 @@ pub fn check_available(att: &Attachment, search_path: &[PathBuf]) -> Result<()> 
             },
             kind => kind,
         };
-        find_plugin(kind, search_path).with_context(|| format!("network {:?}", att.name))?;
+        find_plugin(kind, search_path).with_context(|| format!("network {name:?}"))?;
     }
     Ok(())
 }
@@ -367,7 +477,6 @@ mod tests {
 
     use super::*;
     use crate::cni::version::Version;
-    use crate::config::NetworkConfig;
 
     fn att(network: Value, rc: Value) -> Attachment {
         Attachment {

@@ -29,6 +29,10 @@ pub enum Code {
     InvalidConfig = 7,
     /// Try again later.
     TryAgainLater = 11,
+    /// STATUS: the plugin cannot serve ADD now.
+    NotAvailable = 50,
+    /// STATUS: not available, and existing containers may have limited connectivity.
+    LimitedConnectivity = 51,
     /// Anything without a better code.
     Internal = 999,
 }

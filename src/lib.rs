@@ -9,9 +9,9 @@
 //! - [`plan`]: the pure plan, networks + environment -> ordered attachments;
 //! - [`delegate`]: executing delegate plugins;
 //! - [`netns`]: namespaces and netlink;
-//! - [`cache`]: the per-container record;
+//! - [`cache`]: the per-attachment record;
 //! - [`k8s`]: the Kubernetes API (access, client, device checkpoint, status and events);
-//! - [`flows`]: ADD, DEL and CHECK;
+//! - [`flows`]: ADD, DEL, CHECK, GC and STATUS;
 //! - [`error`]: CNI error codes and the boundary mapping.
 
 pub mod annotations;
@@ -50,24 +50,26 @@ pub fn run(env: CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
     }
     let conf = NetConf::parse(stdin)?;
     logging::init(conf.log_level, conf.log_to_stderr, conf.log_file.as_deref())?;
-    if matches!(env.command, Command::Gc | Command::Status) {
-        let what = env.command.as_str();
-        if !conf.cni_version.supports_gc_status() {
-            return Err(coded(
-                Code::IncompatibleVersion,
-                format!("config version {} does not allow {what}", conf.cni_version),
-            ));
-        }
+    if matches!(env.command, Command::Gc | Command::Status)
+        && !conf.cni_version.supports_gc_status()
+    {
         return Err(coded(
-            Code::InvalidEnv,
-            format!("CNI_COMMAND={what} is not implemented by multihome yet"),
+            Code::IncompatibleVersion,
+            format!(
+                "config version {} does not allow {} (needs 1.1.0)",
+                conf.cni_version,
+                env.command.as_str()
+            ),
         ));
     }
     let inv = flows::Invocation { env, conf };
     let outcome = match inv.env.command {
         Command::Add => flows::add(&inv).map(Some),
         Command::Del => flows::del(&inv).map(|()| None),
-        _ => flows::check(&inv).map(|()| None),
+        Command::Check => flows::check(&inv).map(|()| None),
+        Command::Gc => flows::gc(&inv).map(|()| None),
+        Command::Status => flows::status(&inv).map(|()| None),
+        Command::Version => unreachable!("answered above"),
     };
     if let Err(e) = &outcome {
         log::error!(

@@ -13,7 +13,7 @@ use crate::config::{NetConf, NetworkConfig, find_network_by_name, resolve_networ
 use crate::error::{Code, coded};
 use crate::flows::Invocation;
 use crate::k8s::checkpoint::Devices;
-use crate::k8s::{Access, Client, Pod};
+use crate::k8s::{Access, Client, NadReply, Pod};
 use crate::plan::{Attachment, Selection, check_namespace_isolation, plan};
 
 /// The pod a call is for, as `CNI_ARGS` names it.
@@ -184,27 +184,51 @@ impl Invocation {
 /// A resolved NetworkAttachmentDefinition: its network and its `resourceName`.
 type ResolvedNad = (NetworkConfig, Option<String>);
 
+/// What one call knows of a NetworkAttachmentDefinition.
+#[derive(Clone)]
+enum NadState {
+    Found(ResolvedNad),
+    Missing,
+    NotServed(String),
+}
+
 /// Resolves network references of one call, fetching each NetworkAttachmentDefinition once.
 struct Resolver<'a> {
     conf: &'a NetConf,
     kube: Option<&'a Kube>,
-    nads: HashMap<(String, String), Option<ResolvedNad>>,
+    nads: HashMap<(String, String), NadState>,
     devices: Option<Devices>,
 }
 
 impl Resolver<'_> {
-    /// A NAD as a network config plus its `resourceName`; `None` when it does not exist.
+    /// A NAD as a network config plus its `resourceName`; `None` when it does not exist. The
+    /// NAD resource type not being served (no CRD, or not Established yet) is an error to retry.
     fn nad(&mut self, namespace: &str, name: &str) -> Result<Option<ResolvedNad>> {
+        match self.lookup(namespace, name)? {
+            NadState::Found(nad) => Ok(Some(nad)),
+            NadState::Missing => Ok(None),
+            NadState::NotServed(message) => Err(coded(
+                Code::TryAgainLater,
+                format!(
+                    "NetworkAttachmentDefinition {namespace}/{name}: the API does not serve network-attachment-definitions.k8s.cni.cncf.io (the CRD is not installed or not yet Established): {message}"
+                ),
+            )),
+        }
+    }
+
+    /// A NAD, fetched once per call.
+    fn lookup(&mut self, namespace: &str, name: &str) -> Result<NadState> {
         let Some(kube) = self.kube else {
-            return Ok(None);
+            return Ok(NadState::Missing);
         };
         let key = (namespace.to_string(), name.to_string());
         if let Some(hit) = self.nads.get(&key) {
             return Ok(hit.clone());
         }
-        let resolved = match kube.client.get_nad(namespace, name)? {
-            None => None,
-            Some(nad) => {
+        let state = match kube.client.get_nad(namespace, name)? {
+            NadReply::Missing => NadState::Missing,
+            NadReply::NotServed(m) => NadState::NotServed(m),
+            NadReply::Found(nad) => {
                 let what = format!("NetworkAttachmentDefinition {namespace}/{name}");
                 let network = if nad.spec.config.trim().is_empty() {
                     find_network_by_name(name, &self.conf.conf_dir, self.conf.cni_version)
@@ -234,19 +258,19 @@ impl Resolver<'_> {
                     .get(annotations::RESOURCE_NAME)
                     .filter(|r| !r.is_empty())
                     .cloned();
-                Some((network, resource))
+                NadState::Found((network, resource))
             }
         };
-        self.nads.insert(key, resolved.clone());
-        Ok(resolved)
+        self.nads.insert(key, state.clone());
+        Ok(state)
     }
 
     /// `clusterNetwork`/`defaultNetworks`: a NAD in `multusNamespace` when the value is a plain
-    /// name and the API is available, else a file, a directory or a name in `confDir`.
+    /// name and the API serves one, else a file, a directory or a name in `confDir`.
     fn reference(&mut self, reference: &str) -> Result<Selection> {
         if !reference.contains('/') {
             let ns = self.conf.multus_namespace.clone();
-            if let Some((network, _)) = self.nad(&ns, reference)? {
+            if let NadState::Found((network, _)) = self.lookup(&ns, reference)? {
                 let mut sel = Selection::plain(network);
                 sel.name = format!("{ns}/{reference}");
                 return Ok(sel);
@@ -261,7 +285,7 @@ impl Resolver<'_> {
             coded(
                 Code::InvalidConfig,
                 format!(
-                    "NetworkAttachmentDefinition {} not found: is it created, and is the k8s.cni.cncf.io CRD installed?",
+                    "NetworkAttachmentDefinition {} not found",
                     el.qualified_name()
                 ),
             )

@@ -9,7 +9,8 @@
 //! - PATCH takes `application/merge-patch+json` only (RFC 7386 semantics), 415 otherwise; the
 //!   status subresource cannot change `spec`; annotation values must be strings;
 //! - events need a name (or generateName) and a namespace matching the URL;
-//! - the NAD CRD can be "uninstalled" (404 for its whole group, as an unknown resource gets).
+//! - the NAD CRD can be "uninstalled" or not yet Established (404 for the resource type, as an
+//!   unknown resource gets, unlike the 404 of a missing object, which names it).
 //!
 //! It runs on 127.0.0.1 inside a network namespace, records every request, counts TLS
 //! connections, and can be told to fail the next requests (500, 429 with Retry-After).
@@ -46,6 +47,7 @@ struct State {
     resource_version: u64,
     faults: VecDeque<Fault>,
     crd_missing: bool,
+    crd_not_established: bool,
 }
 
 /// The PEM material a client needs.
@@ -107,9 +109,24 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// How the server's certificate is made.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ServerCert {
+    /// A leaf signed by the test CA (what kubeadm makes).
+    SignedByCa,
+    /// One self-signed certificate with CA:TRUE used as the server's own (what `openssl req
+    /// -x509` makes); clients are given exactly it as their CA.
+    SelfSignedCa,
+}
+
 impl ApiServer {
     /// Starts the server on 127.0.0.1 of the network namespace `netns`.
     pub fn start(netns: &str) -> ApiServer {
+        Self::start_with(netns, ServerCert::SignedByCa)
+    }
+
+    /// Starts the server with the given kind of certificate.
+    pub fn start_with(netns: &str, shape: ServerCert) -> ApiServer {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -121,9 +138,20 @@ impl ApiServer {
         let issuer = Issuer::new(ca_params, ca_key);
 
         let server_key = KeyPair::generate().unwrap();
-        let server_params =
+        let mut server_params =
             CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-        let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
+        let (server_cert, ca_pem) = match shape {
+            ServerCert::SignedByCa => (
+                server_params.signed_by(&server_key, &issuer).unwrap(),
+                ca_pem,
+            ),
+            ServerCert::SelfSignedCa => {
+                server_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+                let cert = server_params.self_signed(&server_key).unwrap();
+                let pem = cert.pem();
+                (cert, pem)
+            }
+        };
 
         let client_key = KeyPair::generate().unwrap();
         let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -285,6 +313,11 @@ impl ApiServer {
 
     pub fn uninstall_crd(&self) {
         self.state.lock().unwrap().crd_missing = true;
+    }
+
+    /// The CRD exists but is not Established yet (just created, names not accepted).
+    pub fn crd_not_established(&self) {
+        self.state.lock().unwrap().crd_not_established = true;
     }
 }
 
@@ -463,32 +496,45 @@ fn handle(
             "network-attachment-definitions",
             name,
         ] => {
-            if st.crd_missing {
-                return error(
-                    404,
-                    "NotFound",
-                    "the server could not find the requested resource",
-                );
+            // No CRD, or one that is not Established yet: the apiextensions handler passes
+            // the request on to the server's not-found handler, as for any unknown path.
+            if st.crd_missing || st.crd_not_established {
+                return not_found_resource();
             }
             match (
                 req.method.as_str(),
                 st.nads.get(&(ns.to_string(), name.to_string())),
             ) {
                 ("GET", Some(n)) => (200, n.clone(), vec![]),
-                ("GET", None) => error(
-                    404,
-                    "NotFound",
-                    &format!("network-attachment-definitions.k8s.cni.cncf.io \"{name}\" not found"),
-                ),
+                ("GET", None) => {
+                    let mut reply = error(
+                        404,
+                        "NotFound",
+                        &format!(
+                            "network-attachment-definitions.k8s.cni.cncf.io \"{name}\" not found"
+                        ),
+                    );
+                    // A missing object names itself; a missing resource type does not.
+                    reply.1["details"] = json!({"name": name, "group": "k8s.cni.cncf.io",
+                                                "kind": "network-attachment-definitions"});
+                    reply
+                }
                 _ => method_not_allowed(),
             }
         }
-        _ => error(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        ),
+        _ => not_found_resource(),
     }
+}
+
+/// What the server answers for a path no resource type serves.
+fn not_found_resource() -> Reply {
+    let mut reply = error(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+    );
+    reply.1["details"] = json!({});
+    reply
 }
 
 fn patch_pod_status(st: &mut State, ns: &str, name: &str, req: &Request) -> Reply {

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use reqwest::{Method, StatusCode};
+use rustls::CertificateError;
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use serde::Deserialize;
@@ -104,6 +106,18 @@ pub struct NadSpec {
     pub config: String,
 }
 
+/// What the API says of one NetworkAttachmentDefinition.
+#[derive(Debug, Clone)]
+pub enum NadReply {
+    /// It exists.
+    Found(Nad),
+    /// It does not exist.
+    Missing,
+    /// The resource type is not served (the CRD is not installed or not yet Established); the
+    /// API server's message.
+    NotServed(String),
+}
+
 /// The API client of one invocation.
 pub struct Client {
     http: reqwest::Client,
@@ -171,14 +185,17 @@ impl Client {
         }
     }
 
-    /// `GET` a NetworkAttachmentDefinition; `Ok(None)` when it (or its CRD) does not exist.
-    pub fn get_nad(&self, namespace: &str, name: &str) -> Result<Option<Nad>> {
+    /// `GET` a NetworkAttachmentDefinition.
+    pub fn get_nad(&self, namespace: &str, name: &str) -> Result<NadReply> {
         let path = format!(
             "/apis/k8s.cni.cncf.io/v1/namespaces/{namespace}/network-attachment-definitions/{name}"
         );
         match self.call(Method::GET, &path, None, FULL_BUDGET)? {
-            Reply::Ok(body) => Ok(Some(decode(&body, &path)?)),
-            Reply::NotFound(_) => Ok(None),
+            Reply::Ok(body) => Ok(NadReply::Found(decode(&body, &path)?)),
+            // A missing object's 404 names it; a 404 for the resource type (no CRD, or one not
+            // Established yet) does not.
+            Reply::NotFound(s) if s.names_object => Ok(NadReply::Missing),
+            Reply::NotFound(s) => Ok(NadReply::NotServed(s.message)),
         }
     }
 
@@ -297,6 +314,8 @@ struct ApiStatus {
     code: u16,
     reason: String,
     message: String,
+    /// `details.name` is set: the error is about one object (not a resource type or a path).
+    names_object: bool,
 }
 
 impl ApiStatus {
@@ -314,11 +333,16 @@ impl ApiStatus {
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_string(),
+                names_object: v
+                    .pointer("/details/name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| !n.is_empty()),
             },
             _ => ApiStatus {
                 code,
                 reason: String::new(),
                 message: String::from_utf8_lossy(body).trim().to_string(),
+                names_object: false,
             },
         }
     }
@@ -381,21 +405,9 @@ fn tls_config(access: &Access) -> Result<rustls::ClientConfig> {
                 format!("no certificate-authority for {}: set certificate-authority(-data) in the kubeconfig", access.server),
             )
         })?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca) {
-            let cert = cert
-                .map_err(|e| coded(Code::InvalidConfig, format!("certificate-authority: {e}")))?;
-            roots
-                .add(cert)
-                .map_err(|e| coded(Code::InvalidConfig, format!("certificate-authority: {e}")))?;
-        }
-        if roots.is_empty() {
-            return Err(coded(
-                Code::InvalidConfig,
-                "certificate-authority holds no PEM certificate",
-            ));
-        }
-        builder.with_root_certificates(roots)
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(server_verifier(ca, provider)?)
     };
     match (&access.client_cert_pem, &access.client_key_pem) {
         (Some(cert), Some(key)) => {
@@ -416,6 +428,106 @@ fn tls_config(access: &Access) -> Result<rustls::ClientConfig> {
             Code::InvalidConfig,
             "client-certificate and client-key must be given together",
         )),
+    }
+}
+
+/// The verifier of the API server's certificate: chains to the kubeconfig's CA certificates, or
+/// is one of them (see [`TrustedLeaf`]).
+fn server_verifier(
+    ca: &[u8],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<TrustedLeaf>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca) {
+        let cert =
+            cert.map_err(|e| coded(Code::InvalidConfig, format!("certificate-authority: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| coded(Code::InvalidConfig, format!("certificate-authority: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(coded(
+            Code::InvalidConfig,
+            "certificate-authority holds no PEM certificate",
+        ));
+    }
+    let pinned = CertificateDer::pem_slice_iter(ca)
+        .filter_map(|c| c.ok())
+        .collect();
+    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| coded(Code::InvalidConfig, format!("certificate-authority: {e}")))?;
+    Ok(Arc::new(TrustedLeaf { inner, pinned }))
+}
+
+/// The usual chain verification, plus Go's rule (which kubectl and Multus follow): a server
+/// certificate that is itself one of the kubeconfig's CA certificates is trusted, as a
+/// self-signed `openssl req -x509` certificate (CA:TRUE) used as the API server's own is.
+/// webpki refuses a CA as an end entity; for exactly such a certificate, byte for byte, the
+/// server name is still checked here, and the validity period was checked by webpki before it
+/// refused (it checks validity first; a unit test holds it to that).
+#[derive(Debug)]
+struct TrustedLeaf {
+    inner: Arc<WebPkiServerVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for TrustedLeaf {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let err = match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Ok(verified) => return Ok(verified),
+            Err(e) => e,
+        };
+        let ca_as_leaf = matches!(&err, rustls::Error::InvalidCertificate(CertificateError::Other(o))
+            if o.0.downcast_ref::<webpki::Error>() == Some(&webpki::Error::CaUsedAsEndEntity));
+        if !ca_as_leaf
+            || !self
+                .pinned
+                .iter()
+                .any(|c| c.as_ref() == end_entity.as_ref())
+        {
+            return Err(err);
+        }
+        webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|_| err)?
+            .verify_is_valid_for_subject_name(server_name)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::NotValidForName))?;
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 
@@ -466,5 +578,79 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, date_time_ymd};
+    use rustls::client::danger::ServerCertVerifier;
+
+    use super::*;
+
+    /// A self-signed certificate for `127.0.0.1`, valid over the given years.
+    fn self_signed(ca: bool, years: (i32, i32)) -> String {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        if ca {
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        }
+        params.not_before = date_time_ymd(years.0, 1, 1);
+        params.not_after = date_time_ymd(years.1, 1, 1);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    /// Verifies `presented` as the server certificate for `name`, with `trusted` as the CA.
+    fn verify(trusted: &str, presented: &str, name: &str) -> std::result::Result<(), String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = server_verifier(trusted.as_bytes(), provider).unwrap();
+        let leaf = CertificateDer::pem_slice_iter(presented.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        verifier
+            .verify_server_cert(
+                &leaf,
+                &[],
+                &ServerName::try_from(name.to_string()).unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_trusted_self_signed_ca_itself_is_accepted_as_the_server_certificate() {
+        let cert = self_signed(true, (2000, 2999));
+        assert_eq!(verify(&cert, &cert, "127.0.0.1"), Ok(()));
+    }
+
+    #[test]
+    fn only_exactly_that_certificate_and_still_checked_for_name_and_dates() {
+        let cert = self_signed(true, (2000, 2999));
+        let other = self_signed(true, (2000, 2999));
+        assert!(
+            verify(&cert, &other, "127.0.0.1").is_err(),
+            "another self-signed CA"
+        );
+        let e = verify(&cert, &cert, "198.18.0.1").unwrap_err();
+        assert!(e.contains("NotValidForName"), "{e}");
+        for years in [(2000, 2001), (2998, 2999)] {
+            let dated = self_signed(true, years);
+            let e = verify(&dated, &dated, "127.0.0.1").unwrap_err();
+            assert!(
+                e.contains("expired") || e.contains("not valid yet"),
+                "{years:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_self_signed_leaf_without_ca_true_is_webpkis_own_business() {
+        // webpki accepts it as its own trust anchor (as Go does); name and dates still count.
+        let leaf = self_signed(false, (2000, 2999));
+        assert_eq!(verify(&leaf, &leaf, "127.0.0.1"), Ok(()));
+        assert!(verify(&leaf, &leaf, "198.18.0.1").is_err());
     }
 }

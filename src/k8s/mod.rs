@@ -8,4 +8,4 @@ pub mod client;
 pub mod report;
 
 pub use access::Access;
-pub use client::{Client, Nad, Pod, Timeouts};
+pub use client::{Client, Nad, NadReply, Pod, Timeouts};

@@ -1,0 +1,190 @@
+//! ADD: validate everything, record the plan durably, add in order, settle default routes,
+//! report to Kubernetes; on any failure, roll back what was added.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use super::{Invocation, del_attachments};
+use crate::cache::{Cache, CachedAttachment, Durability, KIND, Lock, Record};
+use crate::cni::result::convert;
+use crate::config::NetConf;
+use crate::default_route;
+use crate::delegate::{Runner, check_available};
+use crate::error::{Code, coded};
+use crate::k8s::report;
+use crate::netns::NetNs;
+
+/// How long ADD waits for `readinessindicatorfile` (Multus waits 45 s).
+const READINESS_TIMEOUT: Duration = Duration::from_secs(45);
+const READINESS_POLL: Duration = Duration::from_millis(100);
+
+/// ADD: attach every planned network; returns the cluster network's result in the caller's
+/// version. On failure nothing stays attached.
+pub fn add(inv: &Invocation) -> Result<Value> {
+    wait_for_readiness(&inv.conf)?;
+    // The pod's interfaces are listed over netlink while the API is asked about the pod; a bad
+    // CNI_NETNS is reported after the config's own errors.
+    let (kube, pod_links) = std::thread::scope(|s| {
+        let links = s.spawn(|| -> Result<(NetNs, Vec<String>)> {
+            let netns = NetNs::open(inv.env.netns.as_deref().unwrap_or_default())?;
+            let names = netns.link_names()?;
+            Ok((netns, names))
+        });
+        (inv.kube(true), links.join())
+    });
+    let kube = kube?;
+    let attachments = inv.plan(kube.as_ref())?;
+    let runner = inv.runner();
+    for att in &attachments {
+        check_available(&att.network, &att.name, &runner.search_path)?;
+    }
+    let (netns, existing) = pod_links.map_err(|_| anyhow::anyhow!("netlink thread panicked"))??;
+    for att in &attachments {
+        if existing.contains(&att.ifname) {
+            return Err(coded(
+                Code::InvalidConfig,
+                format!(
+                    "interface {:?} (network {:?}) already exists in {}",
+                    att.ifname,
+                    att.name,
+                    netns.path().display()
+                ),
+            ));
+        }
+    }
+
+    let cache = inv.cache();
+    let lock = cache.lock(&inv.key())?;
+    if cache.load(&lock).ok().flatten().is_some() {
+        log::warn!(
+            "ADD for {} ({}) replaces a record that no DEL removed",
+            inv.env.container_id,
+            inv.env.ifname
+        );
+    }
+    let mut record = Record {
+        kind: KIND.into(),
+        network: inv.conf.name.clone(),
+        container_id: inv.env.container_id.clone(),
+        netns: inv.env.netns.clone(),
+        ifname: inv.env.ifname.clone(),
+        added: Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string()),
+        attachments: attachments
+            .into_iter()
+            .map(CachedAttachment::planned)
+            .collect(),
+    };
+    // Recorded durably before the first delegate runs, so DEL knows the whole plan whatever
+    // happens next (the process killed, the node losing power). It follows that no record means
+    // nothing was attached, and a DEL without one (a repeated DEL) costs nothing.
+    cache.save(&lock, &record, Durability::Durable)?;
+
+    for k in 0..record.attachments.len() {
+        let att = &record.attachments[k].attachment;
+        match runner.add(att) {
+            Ok(added) => {
+                record.attachments[k].result = Some(added.result);
+                record.attachments[k].host_link = added.host_link;
+            }
+            Err(err) => {
+                let err = err.context(format!("adding network {:?} as {}", att.name, att.ifname));
+                rollback(&runner, &cache, lock, &mut record, Some(k))?;
+                return Err(err);
+            }
+        }
+    }
+    let mut default_index = 0;
+    let request = record.attachments.iter().enumerate().find_map(|(r, a)| {
+        let gateways = a.attachment.default_route.clone()?;
+        Some((r, a.attachment.ifname.clone(), gateways))
+    });
+    if let Some((r, ifname, gateways)) = request {
+        let settled = default_route::settle(&netns, &ifname, &gateways).and_then(|routes| {
+            default_route::rewrite_results(&mut record, &ifname, &routes).map(|()| routes)
+        });
+        match settled {
+            Ok(routes) if default_route::carries(&routes, &ifname) => default_index = r,
+            Ok(_) => {}
+            Err(err) => {
+                rollback(&runner, &cache, lock, &mut record, None)?;
+                return Err(err);
+            }
+        }
+    }
+    // The results matter to DEL (prevResult, a moved host link's name) but not to its safety:
+    // after a power loss the durable plan alone still lets DEL release everything.
+    let saved = cache.save(&lock, &record, Durability::Atomic);
+    let reported = saved.and_then(|()| {
+        kube.as_ref().map_or(Ok(()), |kube| {
+            report::report_status(kube, &record, default_index)
+                .inspect(|()| report::send_events(kube, &record))
+        })
+    });
+    if let Err(err) = reported {
+        rollback(&runner, &cache, lock, &mut record, None)?;
+        return Err(err);
+    }
+    let first = record
+        .attachments
+        .first()
+        .and_then(|a| a.result.as_ref())
+        .context("no attachment")?;
+    let version = record.attachments[0].attachment.network.cni_version;
+    convert(first, version, inv.conf.cni_version).context("converting the cluster network's result")
+}
+
+/// Undoes a failed ADD. When attachment `failed` is the one that failed: it returned no result,
+/// and a DEL of it often fails for the very reason its ADD did (a missing master, an unsupported
+/// version), so its DEL is attempted and only logged and cannot make every later DEL fail too.
+/// The attachments before it were fully added; if any of their DELs fails, the cache keeps just
+/// those for the runtime's DEL to retry.
+fn rollback(
+    runner: &Runner,
+    cache: &Cache,
+    lock: Lock,
+    record: &mut Record,
+    failed: Option<usize>,
+) -> Result<()> {
+    if let Some(failed) = failed {
+        let att = &record.attachments[failed];
+        if let Err(e) = runner.del(&att.attachment, None, None) {
+            log::warn!(
+                "DEL of the failed network {:?} ({}): {e:#}",
+                att.attachment.name,
+                att.attachment.ifname
+            );
+        }
+        record.attachments.truncate(failed);
+    }
+    match del_attachments(runner, &record.attachments) {
+        Ok(()) => cache.remove(lock),
+        Err(e) => {
+            log::error!("rollback after failed ADD left errors (record kept for DEL): {e:#}");
+            cache.save(&lock, record, Durability::Durable)
+        }
+    }
+}
+
+/// Waits (bounded) for `readinessindicatorfile`, the cluster network's signal that it is ready.
+pub(super) fn wait_for_readiness(conf: &NetConf) -> Result<()> {
+    let Some(file) = &conf.readiness_indicator_file else {
+        return Ok(());
+    };
+    let start = Instant::now();
+    while !file.exists() {
+        if start.elapsed() >= READINESS_TIMEOUT {
+            return Err(coded(
+                Code::TryAgainLater,
+                format!(
+                    "readinessindicatorfile {} still missing after {}s: is the cluster network ready?",
+                    file.display(),
+                    READINESS_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+        std::thread::sleep(READINESS_POLL);
+    }
+    Ok(())
+}
