@@ -280,9 +280,15 @@ impl Cache {
                 _ => {}
             }
         }
+        self.unlock(lock);
+        Ok(())
+    }
+
+    /// Releases the lock and removes its file, so that only records stay in the directory (a
+    /// waiter that opened the old file notices and takes a new one).
+    pub fn unlock(&self, lock: Lock) {
         let _ = fs::remove_file(&lock.lock);
         drop(lock);
-        Ok(())
     }
 
     /// Every attachment of `network` with a file here (record, lock or temporary file), and

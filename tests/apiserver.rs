@@ -120,12 +120,8 @@ pub enum ServerCert {
 }
 
 impl ApiServer {
-    /// Starts the server on 127.0.0.1 of the network namespace `netns`.
-    pub fn start(netns: &str) -> ApiServer {
-        Self::start_with(netns, ServerCert::SignedByCa)
-    }
-
-    /// Starts the server with the given kind of certificate.
+    /// Starts the server on 127.0.0.1 of the network namespace `netns`, with the given kind of
+    /// certificate.
     pub fn start_with(netns: &str, shape: ServerCert) -> ApiServer {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();

@@ -531,7 +531,7 @@ fn main() -> ExitCode {
     sh(&["ip", "link", "set", "mvm0", "up"]);
     sh(&["ip", "link", "set", "mvm0p", "up"]);
 
-    let api = ApiServer::start(&host.name);
+    let api = ApiServer::start_with(&host.name, apiserver::ServerCert::SignedByCa);
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(

@@ -200,8 +200,84 @@ impl World {
         self.dir.join("cache")
     }
 
+    /// The record of this world's container on the `multihome` network as `eth0`.
     pub fn cache_file(&self) -> PathBuf {
-        self.cache_dir().join(format!("{}.json", self.container_id))
+        self.cache_dir()
+            .join(format!("multihome+{}+eth0.json", self.container_id))
+    }
+
+    /// The names of the files in the cache directory, sorted.
+    pub fn cache_files(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.cache_dir()) else {
+            return vec![];
+        };
+        let mut names: Vec<String> = entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A plugin directory where every reference plugin is a wrapper that logs its call
+    /// (`COMMAND plugin container ifname`, to [`World::calls`]) and runs the real one, plus the
+    /// 1.1.0 stub delegate `stub11`. Used as `binDir`, so delegates' own IPAM calls go through
+    /// it too.
+    pub fn spy_bin(&self) -> PathBuf {
+        let dir = self.dir.join("bin");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = self.dir.join("calls.log");
+        for entry in std::fs::read_dir(PLUGINS).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            write_script(
+                &dir.join(&name),
+                &format!(
+                    "echo \"$CNI_COMMAND {name} $CNI_CONTAINERID $CNI_IFNAME\" >> {log}\nexec {PLUGINS}/{name}\n",
+                    log = log.display()
+                ),
+            );
+        }
+        // The 1.1.0 stub: records its calls and stdin; ADD blocks while `stub.block` exists
+        // (its pid in `stub.pid`); STATUS fails with the error object in `stub.status`.
+        let d = self.dir.display();
+        write_script(
+            &dir.join("stub11"),
+            &format!(
+                r#"input=$(cat)
+echo "$CNI_COMMAND stub11 $CNI_CONTAINERID $CNI_IFNAME" >> {log}
+printf '%s
+' "$input" >> {d}/stub.stdin
+case "$CNI_COMMAND" in
+ADD)
+  if [ -e {d}/stub.block ]; then echo $$ > {d}/stub.pid; exec sleep 600; fi
+  printf '{{"cniVersion":"1.1.0","interfaces":[{{"name":"%s","sandbox":"%s"}}],"ips":[]}}' "$CNI_IFNAME" "$CNI_NETNS" ;;
+STATUS)
+  if [ -e {d}/stub.status ]; then cat {d}/stub.status; exit 1; fi ;;
+VERSION)
+  printf '{{"cniVersion":"1.1.0","supportedVersions":["1.0.0","1.1.0"]}}' ;;
+esac
+"#,
+                log = log.display()
+            ),
+        );
+        dir
+    }
+
+    /// The plugin calls the wrappers of [`World::spy_bin`] logged, in order.
+    pub fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    /// The stdin the stub got, one JSON document per call, in order.
+    pub fn stub_stdin(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.join("stub.stdin"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     /// IPs host-local holds for `network` (files named after addresses in its data dir).
@@ -277,23 +353,40 @@ impl World {
 
     /// Runs multihome with extra/overridden environment variables.
     pub fn run_with(&self, command: &str, conf: &Value, env: &[(&str, &str)]) -> Run {
-        let netns = self.pod.path();
-        let mut vars: Vec<(&str, &str)> = vec![
-            ("CNI_COMMAND", command),
-            ("CNI_CONTAINERID", &self.container_id),
-            ("CNI_NETNS", &netns),
-            ("CNI_IFNAME", "eth0"),
+        let vars = self.vars(command, env);
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        run_binary(Some(&self.host.name), &vars, conf.to_string().as_bytes())
+    }
+
+    /// Starts multihome (see [`World::run_with`]) without waiting for it.
+    pub fn spawn_with(
+        &self,
+        command: &str,
+        conf: &Value,
+        env: &[(&str, &str)],
+    ) -> std::process::Child {
+        let vars = self.vars(command, env);
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        spawn_binary(Some(&self.host.name), &vars, conf.to_string().as_bytes())
+    }
+
+    fn vars<'a>(&self, command: &str, env: &[(&'a str, &str)]) -> Vec<(&'a str, String)> {
+        let mut vars: Vec<(&str, String)> = vec![
+            ("CNI_COMMAND", command.to_string()),
+            ("CNI_CONTAINERID", self.container_id.clone()),
+            ("CNI_NETNS", self.pod.path()),
+            ("CNI_IFNAME", "eth0".to_string()),
             (
                 "CNI_ARGS",
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod".to_string(),
             ),
-            ("CNI_PATH", PLUGINS),
+            ("CNI_PATH", PLUGINS.to_string()),
         ];
         for (k, v) in env {
             vars.retain(|(key, _)| key != k);
-            vars.push((k, v));
+            vars.push((k, v.to_string()));
         }
-        run_binary(Some(&self.host.name), &vars, conf.to_string().as_bytes())
+        vars
     }
 
     /// The cached ADD results, attachment by attachment.
@@ -320,8 +413,13 @@ impl Drop for World {
     }
 }
 
-/// Runs the binary (inside `netns` when given) with exactly `vars` as its CNI environment.
-pub fn run_binary(netns: Option<&str>, vars: &[(&str, &str)], stdin: &[u8]) -> Run {
+/// Starts the binary (inside `netns` when given) with exactly `vars` as its CNI environment;
+/// stdin is written and closed, stdout and stderr are piped.
+pub fn spawn_binary(
+    netns: Option<&str>,
+    vars: &[(&str, &str)],
+    stdin: &[u8],
+) -> std::process::Child {
     let bin = env!("CARGO_BIN_EXE_multihome");
     let mut cmd = match netns {
         Some(ns) => {
@@ -343,11 +441,16 @@ pub fn run_binary(netns: Option<&str>, vars: &[(&str, &str)], stdin: &[u8]) -> R
     let mut child = cmd.spawn().expect("spawning multihome");
     let mut pipe = child.stdin.take().unwrap();
     let stdin = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
+    std::thread::spawn(move || {
         let _ = pipe.write_all(&stdin);
     });
+    child
+}
+
+/// Runs the binary (inside `netns` when given) with exactly `vars` as its CNI environment.
+pub fn run_binary(netns: Option<&str>, vars: &[(&str, &str)], stdin: &[u8]) -> Run {
+    let child = spawn_binary(netns, vars, stdin);
     let out: Output = child.wait_with_output().unwrap();
-    writer.join().unwrap();
     let stdout_raw = String::from_utf8_lossy(&out.stdout).into_owned();
     Run {
         ok: out.status.success(),
@@ -355,6 +458,13 @@ pub fn run_binary(netns: Option<&str>, vars: &[(&str, &str)], stdin: &[u8]) -> R
         stdout_raw,
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// Writes an executable `/bin/sh` script.
+pub fn write_script(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("#!/bin/sh\n{body}")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 /// Writes `value` as JSON to `path`.

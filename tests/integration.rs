@@ -11,4 +11,5 @@ mod host_interface;
 mod binary;
 mod core_flows;
 mod default_route;
+mod gc_status;
 mod kubernetes;

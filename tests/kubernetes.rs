@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::apiserver::{ApiServer, Fault};
+use crate::apiserver::{ApiServer, Fault, ServerCert};
 use crate::harness::{Run, World, write_json};
 
 pub const NS: &str = "pods";
@@ -26,8 +26,12 @@ pub struct Kube {
 
 impl Kube {
     pub fn new(tag: &str) -> Kube {
+        Self::with_cert(tag, ServerCert::SignedByCa)
+    }
+
+    pub fn with_cert(tag: &str, cert: ServerCert) -> Kube {
         let w = World::new(tag);
-        let api = ApiServer::start(&w.host.name);
+        let api = ApiServer::start_with(&w.host.name, cert);
         w.veth_master("mvm0");
         let k = Kube { w, api };
         k.api.add_nad(
@@ -210,6 +214,38 @@ fn short_form_with_iface_attaches_writes_status_and_counts_requests() {
         k.api.take_requests(),
         Vec::<String>::new(),
         "DEL from the cache makes no API request"
+    );
+    k.assert_clean();
+    // containerd's second DEL, at sandbox removal, without a netns: nothing recorded, nothing
+    // asked.
+    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={NS};K8S_POD_NAME=web;K8S_POD_UID={uid}");
+    k.w.run_with("DEL", &conf, &[("CNI_NETNS", ""), ("CNI_ARGS", &args)])
+        .success();
+    assert_eq!(k.api.take_requests(), Vec::<String>::new());
+    assert_eq!(k.w.cache_files(), Vec::<String>::new());
+}
+
+#[test]
+fn a_self_signed_server_certificate_given_as_the_ca_is_trusted_as_kubectl_does() {
+    let k = Kube::with_cert("k8selfsigned", ServerCert::SelfSignedCa);
+    let conf = k.conf();
+    let uid = k.pod("p", json!({"k8s.v1.cni.cncf.io/networks": "ptp-net"}));
+    k.run("ADD", &conf, "p", &uid).success();
+    assert_eq!(k.w.pod.links(), ["eth0", "net1"]);
+    k.run("DEL", &conf, "p", &uid).success();
+    k.assert_clean();
+    // Another server's self-signed certificate is no CA for this one.
+    let other = Kube::with_cert("k8otherself", ServerCert::SelfSignedCa);
+    let mut wrong = conf.clone();
+    wrong["kubeconfig"] = json!(other.kubeconfig(Auth::Token));
+    let text = std::fs::read_to_string(wrong["kubeconfig"].as_str().unwrap())
+        .unwrap()
+        .replace(&other.api.url(), &k.api.url());
+    std::fs::write(wrong["kubeconfig"].as_str().unwrap(), text).unwrap();
+    let err = k.run("ADD", &wrong, "p", &uid).failure();
+    assert!(
+        err["msg"].as_str().unwrap().contains("certificate"),
+        "{err}"
     );
     k.assert_clean();
 }
@@ -502,12 +538,27 @@ fn missing_nad_or_crd_fails_naming_it() {
         err["msg"].as_str().unwrap().contains("pods/nope-net"),
         "{err}"
     );
+    assert_eq!(err["code"], 7, "a missing NAD: {err}");
+    assert!(err["msg"].as_str().unwrap().contains("not found"), "{err}");
     k.assert_clean();
-    k.api.uninstall_crd();
+    // The CRD created but not Established yet, then not installed at all: the API serves no
+    // such resource (a 404 that names no object); try again later, code 11.
     let uid = k.pod("q", json!({"k8s.v1.cni.cncf.io/networks": "ptp-net"}));
-    let err = k.run("ADD", &conf, "q", &uid).failure();
-    assert!(err["msg"].as_str().unwrap().contains("CRD"), "{err}");
-    k.assert_clean();
+    for step in ["not established", "uninstalled"] {
+        if step == "uninstalled" {
+            k.api.uninstall_crd();
+        } else {
+            k.api.crd_not_established();
+        }
+        let err = k.run("ADD", &conf, "q", &uid).failure();
+        assert_eq!(err["code"], 11, "{step}: {err}");
+        let msg = err["msg"].as_str().unwrap();
+        assert!(
+            msg.contains("CRD") && msg.contains("pods/ptp-net") && !msg.contains("not found"),
+            "{step}: {msg}"
+        );
+        k.assert_clean();
+    }
 }
 
 #[test]

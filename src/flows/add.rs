@@ -126,6 +126,7 @@ pub fn add(inv: &Invocation) -> Result<Value> {
         rollback(&runner, &cache, lock, &mut record, None)?;
         return Err(err);
     }
+    cache.unlock(lock);
     let first = record
         .attachments
         .first()

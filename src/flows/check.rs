@@ -17,29 +17,34 @@ pub fn check(inv: &Invocation) -> Result<()> {
         ));
     }
     let runner = inv.runner();
-    let (_lock, found) = find_record(&inv.cache(), &inv.key())?;
-    let record = found?.ok_or_else(|| {
-        coded(
-            Code::UnknownContainer,
-            format!(
-                "no attachments recorded for container {} ({})",
-                inv.env.container_id, inv.env.ifname
-            ),
-        )
-    })?;
-    for a in &record.attachments {
-        let result = a.result.as_ref().ok_or_else(|| {
+    let cache = inv.cache();
+    let (lock, found) = find_record(&cache, &inv.key())?;
+    let checked = found.and_then(|record| {
+        let record = record.ok_or_else(|| {
             coded(
                 Code::UnknownContainer,
                 format!(
-                    "network {:?} ({}) was never fully added",
-                    a.attachment.name, a.attachment.ifname
+                    "no attachments recorded for container {} ({})",
+                    inv.env.container_id, inv.env.ifname
                 ),
             )
         })?;
-        runner
-            .check(&a.attachment, result)
-            .with_context(|| format!("checking network {:?}", a.attachment.name))?;
-    }
-    Ok(())
+        for a in &record.attachments {
+            let result = a.result.as_ref().ok_or_else(|| {
+                coded(
+                    Code::UnknownContainer,
+                    format!(
+                        "network {:?} ({}) was never fully added",
+                        a.attachment.name, a.attachment.ifname
+                    ),
+                )
+            })?;
+            runner
+                .check(&a.attachment, result)
+                .with_context(|| format!("checking network {:?}", a.attachment.name))?;
+        }
+        Ok(())
+    });
+    cache.unlock(lock);
+    checked
 }

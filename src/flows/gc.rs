@@ -30,7 +30,10 @@ pub fn gc(inv: &Invocation) -> Result<()> {
     let mut visit = |lock: Lock, record: Result<Option<Record>>, live: &dyn Fn(&Record) -> bool| {
         match record {
             // Listed, or added after this GC began: not ours to touch.
-            Ok(Some(r)) if live(&r) || added_after(&r, started) => kept.push(r),
+            Ok(Some(r)) if live(&r) || added_after(&r, started) => {
+                cache.unlock(lock);
+                kept.push(r);
+            }
             Ok(Some(r)) => {
                 let runner = inv.runner_in(&r.container_id, r.netns.clone());
                 if let Err(e) = teardown(&runner, &cache, lock, &r, false) {
