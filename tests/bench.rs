@@ -248,14 +248,14 @@ fn ips_held(dir: &Path) -> usize {
         .count()
 }
 
-fn cache_entries(dir: &Path) -> usize {
+/// Files and bytes in the cache directory (records, locks, anything left).
+fn cache_usage(dir: &Path) -> (usize, u64) {
     std::fs::read_dir(dir.join("cache"))
         .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                .count()
+            d.filter_map(|e| e.ok()?.metadata().ok())
+                .fold((0, 0), |(n, b), m| (n + 1, b + m.len()))
         })
-        .unwrap_or(0)
+        .unwrap_or((0, 0))
 }
 
 const EXPECTED: [&str; 3] = ["eth0", "net1", "net2"];
@@ -742,18 +742,110 @@ fn main() -> ExitCode {
         .iter()
         .filter(|p| !links(p).is_empty())
         .count();
-    let (leaked, cached) = (ips_held(&dir), cache_entries(&dir));
+    let (leaked, (cached, cached_bytes)) = (ips_held(&dir), cache_usage(&dir));
     println!(
-        "burst: {} pods, {} workers: ADD {:.1} pods/s, DEL {:.1} pods/s; pods missing interfaces: {missing}; pods with leftovers: {left}; IPs leaked: {leaked}; cache entries left: {cached}",
+        "burst: {} pods, {} workers: ADD {:.1} pods/s, DEL {:.1} pods/s; pods missing interfaces: {missing}; pods with leftovers: {left}; IPs leaked: {leaked}",
         args.burst,
         args.workers,
         args.burst as f64 / add_time.as_secs_f64(),
         args.burst as f64 / del_time.as_secs_f64()
     );
+    println!(
+        "cniDir after {} ADD/DEL cycles: {cached} files, {cached_bytes} bytes",
+        args.burst
+    );
     failures.extend(errors.into_inner().unwrap());
     if missing + left + leaked + cached > 0 {
         failures.push("burst check failed".into());
     }
+
+    // The runtime's second DEL of every pod (containerd, at sandbox removal, without a netns).
+    bench.api.take_requests();
+    let mut repeated = Vec::new();
+    for (i, pod) in pods[..args.burst].iter().enumerate() {
+        let mut env = bench.env("DEL", &format!("burst-{i}"), pod, "eth0", i);
+        env.retain(|(k, _)| *k != "CNI_NETNS");
+        match invoke(BIN, &env, conf.as_bytes()) {
+            Ok((took, _)) => repeated.push(took),
+            Err(e) => failures.push(format!("repeated DEL pod {i}: {e}")),
+        }
+    }
+    let repeated_requests = bench.api.take_requests().len();
+    println!(
+        "repeated DEL (no netns, nothing recorded): median {:.2} ms, API requests {repeated_requests}, files left {}",
+        stats(&repeated).0,
+        cache_usage(&dir).0
+    );
+    if repeated_requests > 0 {
+        failures.push("a repeated DEL asked the API".into());
+    }
+
+    // N ADDs whose DEL never comes (node crash, kubelet state wiped), then the runtime's GC.
+    let gc_conf = {
+        let mut c = bench.api_conf();
+        c["cniVersion"] = json!("1.1.0");
+        c
+    };
+    let gc_text = gc_conf.to_string();
+    for (i, pod) in pods[..args.burst].iter().enumerate() {
+        let env = bench.env("ADD", &format!("lost-{i}"), pod, "eth0", i);
+        if let Err(e) = invoke(BIN, &env, gc_text.as_bytes()) {
+            failures.push(format!("ADD before GC pod {i}: {e}"));
+        }
+    }
+    let (before, before_bytes) = cache_usage(&dir);
+    let mut gc_stdin = gc_conf.clone();
+    gc_stdin["cni.dev/valid-attachments"] = json!([]);
+    let network_wide: Vec<(&str, String)> =
+        vec![("CNI_COMMAND", "GC".into()), ("CNI_PATH", PLUGINS.into())];
+    match invoke(BIN, &network_wide, gc_stdin.to_string().as_bytes()) {
+        Ok((took, _)) => {
+            let (after, after_bytes) = cache_usage(&dir);
+            let (leaked, left) = (
+                ips_held(&dir),
+                pods[..args.burst]
+                    .iter()
+                    .filter(|p| !links(p).is_empty())
+                    .count(),
+            );
+            println!(
+                "GC after {} ADDs without DEL: {:.1} ms; cniDir {before} files / {before_bytes} bytes before, {after} / {after_bytes} after; IPs leaked: {leaked}; pods with leftovers: {left}",
+                args.burst,
+                took.as_secs_f64() * 1000.0
+            );
+            if after + leaked + left > 0 {
+                failures.push("GC left state behind".into());
+            }
+        }
+        Err(e) => failures.push(format!("GC: {e}")),
+    }
+
+    // STATUS, as containerd 2.x calls it on every 1.1.0 config.
+    let ready = dir.join("ready");
+    std::fs::write(&ready, b"").unwrap();
+    let mut status_conf = gc_conf.clone();
+    let mut medians = Vec::new();
+    for indicator in [None, Some(&ready)] {
+        if let Some(file) = indicator {
+            status_conf["readinessindicatorfile"] = json!(file);
+        }
+        let env: Vec<(&str, String)> = vec![
+            ("CNI_COMMAND", "STATUS".into()),
+            ("CNI_PATH", PLUGINS.into()),
+        ];
+        let mut took = Vec::new();
+        for _ in 0..20 {
+            match invoke(BIN, &env, status_conf.to_string().as_bytes()) {
+                Ok((t, _)) => took.push(t),
+                Err(e) => failures.push(format!("STATUS: {e}")),
+            }
+        }
+        medians.push(stats(&took).0);
+    }
+    println!(
+        "STATUS median: {:.2} ms without a readiness file, {:.2} ms with one",
+        medians[0], medians[1]
+    );
     drop(pods);
     let _ = std::fs::remove_dir_all(&dir);
     if failures.is_empty() {
