@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use base64::Engine;
-use serde::Deserialize;
+use serde_yaml_ng::{Mapping, Value as Yaml};
 
 use crate::error::{Code, coded};
 
@@ -42,64 +42,158 @@ impl std::fmt::Debug for Access {
     }
 }
 
-#[derive(Deserialize)]
-struct Kubeconfig {
-    #[serde(default)]
-    clusters: Vec<NamedCluster>,
-    #[serde(default)]
-    users: Vec<NamedUser>,
-    #[serde(default)]
-    contexts: Vec<NamedContext>,
-    #[serde(rename = "current-context", default)]
-    current_context: String,
-}
-
-#[derive(Deserialize)]
-struct NamedCluster {
-    name: String,
-    cluster: Cluster,
-}
-
-#[derive(Deserialize)]
-struct NamedUser {
-    name: String,
-    user: User,
-}
-
-#[derive(Deserialize)]
-struct NamedContext {
-    name: String,
-    context: KubeContext,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Default)]
 struct Cluster {
     server: String,
     certificate_authority: Option<PathBuf>,
     certificate_authority_data: Option<String>,
-    #[serde(default)]
     insecure_skip_tls_verify: bool,
     tls_server_name: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Default)]
 struct User {
     client_certificate: Option<PathBuf>,
     client_certificate_data: Option<String>,
     client_key: Option<PathBuf>,
     client_key_data: Option<String>,
     token: Option<String>,
-    #[serde(rename = "tokenFile")]
     token_file: Option<PathBuf>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Default)]
 struct KubeContext {
     cluster: String,
-    #[serde(default)]
     user: String,
+}
+
+/// The parts of a kubeconfig multihome reads, in file order.
+#[derive(Default)]
+struct Kubeconfig {
+    clusters: Vec<(String, Cluster)>,
+    users: Vec<(String, User)>,
+    contexts: Vec<(String, KubeContext)>,
+    current_context: String,
+}
+
+/// Reads the kubeconfig's shape from its YAML. A wrong shape is an error naming the key and the
+/// shape expected, never the value found: a token pasted in the wrong place must not end up in
+/// an error object, which kubelet logs, nor in multihome's own logs.
+struct Shape<'a> {
+    file: &'a Path,
+}
+
+impl Shape<'_> {
+    fn wrong(&self, at: &str, expected: &str) -> anyhow::Error {
+        coded(
+            Code::InvalidConfig,
+            format!(
+                "kubeconfig {}: {at} must be {expected}",
+                self.file.display()
+            ),
+        )
+    }
+
+    /// A mapping; absent or `null` reads as an empty one, as kubectl reads it.
+    fn map<'v>(&self, value: Option<&'v Yaml>, at: &str) -> Result<Option<&'v Mapping>> {
+        match value {
+            None | Some(Yaml::Null) => Ok(None),
+            Some(Yaml::Mapping(m)) => Ok(Some(m)),
+            Some(_) => Err(self.wrong(at, "a mapping")),
+        }
+    }
+
+    fn string(&self, map: Option<&Mapping>, key: &str, at: &str) -> Result<Option<String>> {
+        match map.and_then(|m| m.get(key)) {
+            None | Some(Yaml::Null) => Ok(None),
+            Some(Yaml::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(self.wrong(&format!("{at}.{key}"), "a string")),
+        }
+    }
+
+    fn path(&self, map: Option<&Mapping>, key: &str, at: &str) -> Result<Option<PathBuf>> {
+        Ok(self.string(map, key, at)?.map(PathBuf::from))
+    }
+
+    fn flag(&self, map: Option<&Mapping>, key: &str, at: &str) -> Result<bool> {
+        match map.and_then(|m| m.get(key)) {
+            None | Some(Yaml::Null) => Ok(false),
+            Some(Yaml::Bool(b)) => Ok(*b),
+            Some(_) => Err(self.wrong(&format!("{at}.{key}"), "true or false")),
+        }
+    }
+
+    /// A list of `{name: ..., <inner>: {...}}` entries, each read by `read`.
+    fn named<T>(
+        &self,
+        top: Option<&Mapping>,
+        key: &str,
+        inner: &str,
+        read: impl Fn(Option<&Mapping>, &str) -> Result<T>,
+    ) -> Result<Vec<(String, T)>> {
+        let items = match top.and_then(|m| m.get(key)) {
+            None | Some(Yaml::Null) => return Ok(Vec::new()),
+            Some(Yaml::Sequence(items)) => items,
+            Some(_) => return Err(self.wrong(key, "a list")),
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let at = format!("{key}[{i}]");
+                let entry = self.map(Some(item), &at)?;
+                let name = self.string(entry, "name", &at)?.unwrap_or_default();
+                let at = format!("{at}.{inner}");
+                let body = self.map(entry.and_then(|e| e.get(inner)), &at)?;
+                Ok((name, read(body, &at)?))
+            })
+            .collect()
+    }
+
+    fn kubeconfig(&self, text: &str) -> Result<Kubeconfig> {
+        // The parser's own messages may quote the text; only the place is reported.
+        let doc: Yaml = serde_yaml_ng::from_str(text).map_err(|e| {
+            let place = e
+                .location()
+                .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+                .unwrap_or_default();
+            coded(
+                Code::InvalidConfig,
+                format!("kubeconfig {}: not valid YAML{place}", self.file.display()),
+            )
+        })?;
+        let top = self.map(Some(&doc), "the document")?;
+        Ok(Kubeconfig {
+            clusters: self.named(top, "clusters", "cluster", |m, at| {
+                Ok(Cluster {
+                    server: self.string(m, "server", at)?.unwrap_or_default(),
+                    certificate_authority: self.path(m, "certificate-authority", at)?,
+                    certificate_authority_data: self.string(m, "certificate-authority-data", at)?,
+                    insecure_skip_tls_verify: self.flag(m, "insecure-skip-tls-verify", at)?,
+                    tls_server_name: self.string(m, "tls-server-name", at)?,
+                })
+            })?,
+            users: self.named(top, "users", "user", |m, at| {
+                Ok(User {
+                    client_certificate: self.path(m, "client-certificate", at)?,
+                    client_certificate_data: self.string(m, "client-certificate-data", at)?,
+                    client_key: self.path(m, "client-key", at)?,
+                    client_key_data: self.string(m, "client-key-data", at)?,
+                    token: self.string(m, "token", at)?,
+                    token_file: self.path(m, "tokenFile", at)?,
+                })
+            })?,
+            contexts: self.named(top, "contexts", "context", |m, at| {
+                Ok(KubeContext {
+                    cluster: self.string(m, "cluster", at)?.unwrap_or_default(),
+                    user: self.string(m, "user", at)?.unwrap_or_default(),
+                })
+            })?,
+            current_context: self
+                .string(top, "current-context", "the document")?
+                .unwrap_or_default(),
+        })
+    }
 }
 
 fn pick<T>(
@@ -129,12 +223,13 @@ fn material(
     what: &str,
 ) -> Result<Option<Vec<u8>>> {
     if let Some(data) = data.filter(|d| !d.is_empty()) {
+        // The decoder's message names the offending byte: say nothing of the data.
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(data.trim())
-            .map_err(|e| {
+            .map_err(|_| {
                 coded(
                     Code::InvalidConfig,
-                    format!("kubeconfig {what}-data is not base64: {e}"),
+                    format!("kubeconfig {what}-data is not valid base64"),
                 )
             })?;
         return Ok(Some(bytes));
@@ -155,14 +250,9 @@ impl Access {
     pub fn from_kubeconfig(path: &Path) -> Result<Access> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-        let kc: Kubeconfig = serde_yaml_ng::from_str(&text).map_err(|e| {
-            coded(
-                Code::InvalidConfig,
-                format!("kubeconfig {}: {e}", path.display()),
-            )
-        })?;
+        let kc = Shape { file: path }.kubeconfig(&text)?;
         let context_name = if kc.current_context.is_empty() && kc.contexts.len() == 1 {
-            kc.contexts[0].name.clone()
+            kc.contexts[0].0.clone()
         } else {
             kc.current_context.clone()
         };
@@ -172,37 +262,17 @@ impl Access {
                 .clusters
                 .into_iter()
                 .next()
-                .map(|c| c.cluster)
+                .map(|c| c.1)
                 .unwrap_or_default();
-            let user = kc
-                .users
-                .into_iter()
-                .next()
-                .map(|u| u.user)
-                .unwrap_or_default();
+            let user = kc.users.into_iter().next().map(|u| u.1).unwrap_or_default();
             (cluster, user)
         } else {
-            let ctx = pick(
-                kc.contexts.into_iter().map(|c| (c.name, c.context)),
-                &context_name,
-                "context",
-                path,
-            )?;
-            let cluster = pick(
-                kc.clusters.into_iter().map(|c| (c.name, c.cluster)),
-                &ctx.cluster,
-                "cluster",
-                path,
-            )?;
+            let ctx = pick(kc.contexts, &context_name, "context", path)?;
+            let cluster = pick(kc.clusters, &ctx.cluster, "cluster", path)?;
             let user = if ctx.user.is_empty() {
                 User::default()
             } else {
-                pick(
-                    kc.users.into_iter().map(|u| (u.name, u.user)),
-                    &ctx.user,
-                    "user",
-                    path,
-                )?
+                pick(kc.users, &ctx.user, "user", path)?
             };
             (cluster, user)
         };
@@ -352,7 +422,7 @@ mod tests {
             ),
             (
                 "clusters: [{name: c, cluster: {server: 'https://x', certificate-authority-data: '!!'}}]\n",
-                "not base64",
+                "not valid base64",
             ),
             (
                 "clusters: [{name: c, cluster: {server: 'https://x', certificate-authority: missing.pem}}]\n",
@@ -366,6 +436,90 @@ mod tests {
                 &Access::from_kubeconfig(&d.join("kc")).unwrap_err(),
             );
             assert!(e.msg.contains(fragment), "{text}: {}", e.msg);
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn no_error_ever_quotes_a_secret_value_in_the_wrong_shape() {
+        let d = dir("secret");
+        let secret = "eyJhbGciOiJSUzI1NiJ9.SECRET-VALUE-1234";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+        let cluster = "clusters: [{name: c, cluster: {server: 'https://x', insecure-skip-tls-verify: true}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n";
+        let cases = [
+            (
+                format!("{cluster}users: [{{name: u, user: {secret}}}]\n"),
+                "users[0].user must be a mapping",
+            ),
+            (
+                format!("{cluster}users: {secret}\n"),
+                "users must be a list",
+            ),
+            (
+                format!("{cluster}users: [{secret}]\n"),
+                "users[0] must be a mapping",
+            ),
+            (
+                format!("{cluster}users: [{{name: u, user: {{token: [{secret}]}}}}]\n"),
+                "users[0].user.token must be a string",
+            ),
+            (
+                format!("{cluster}users: [{{name: u, user: {{token: {{t: {secret}}}}}}}]\n"),
+                "users[0].user.token must be a string",
+            ),
+            (
+                format!("{cluster}users: [{{name: u, user: {{client-key-data: [{b64}]}}}}]\n"),
+                "client-key-data must be a string",
+            ),
+            (
+                format!("{cluster}users: [{{name: u, user: {{client-key-data: '!{secret}'}}}}]\n"),
+                "client-key-data is not valid base64",
+            ),
+            (
+                format!(
+                    "{cluster}users: [{{name: u, user: {{client-certificate-data: '%{secret}'}}}}]\n"
+                ),
+                "client-certificate-data is not valid base64",
+            ),
+            (
+                format!("{cluster}users: [{{name: u, user: {{tokenFile: {{f: {secret}}}}}}}]\n"),
+                "tokenFile must be a string",
+            ),
+            (
+                format!(
+                    "clusters: [{{name: c, cluster: {{server: 'https://x', certificate-authority-data: '*{secret}'}}}}]\n"
+                ),
+                "certificate-authority-data is not valid base64",
+            ),
+            (
+                format!("clusters: [{{name: c, cluster: {secret}}}]\n"),
+                "clusters[0].cluster must be a mapping",
+            ),
+            (
+                format!("{cluster}users: [{{name: u, user: {{token: '{secret}'\n"),
+                "not valid YAML",
+            ),
+            (format!("{secret}\n"), "the document must be a mapping"),
+            (
+                format!(
+                    "{cluster}users: [{{name: u, user: {{token: {secret}}}}}]\ncurrent-context: [{secret}]\n"
+                ),
+                "current-context must be a string",
+            ),
+        ];
+        for (text, fragment) in cases {
+            std::fs::write(d.join("kc"), &text).unwrap();
+            let e = crate::error::CniError::from_anyhow(
+                &Access::from_kubeconfig(&d.join("kc")).unwrap_err(),
+            );
+            assert!(e.msg.contains(fragment), "{text}: {}", e.msg);
+            assert!(
+                !e.msg.contains("SECRET") && !e.details.contains("SECRET"),
+                "{text}: {}",
+                e.msg
+            );
+            assert!(!e.msg.contains(&b64[4..20]), "{text}: {}", e.msg);
+            assert_eq!(e.code, 7);
         }
         std::fs::remove_dir_all(&d).unwrap();
     }

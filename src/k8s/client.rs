@@ -413,9 +413,19 @@ fn tls_config(access: &Access) -> Result<rustls::ClientConfig> {
         (Some(cert), Some(key)) => {
             let certs = CertificateDer::pem_slice_iter(cert)
                 .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| coded(Code::InvalidConfig, format!("client-certificate: {e}")))?;
-            let key = PrivateKeyDer::from_pem_slice(key)
-                .map_err(|e| coded(Code::InvalidConfig, format!("client-key: {e}")))?;
+                .map_err(|_| {
+                    coded(
+                        Code::InvalidConfig,
+                        "client-certificate is not a PEM certificate",
+                    )
+                })?;
+            // A PEM parse error can quote a line of the key: report none of it.
+            let key = PrivateKeyDer::from_pem_slice(key).map_err(|_| {
+                coded(
+                    Code::InvalidConfig,
+                    "client-key is not a PEM private key (PKCS#1, PKCS#8 or SEC1)",
+                )
+            })?;
             builder.with_client_auth_cert(certs, key).map_err(|e| {
                 coded(
                     Code::InvalidConfig,
@@ -644,6 +654,26 @@ mod tests {
                 "{years:?}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn a_broken_client_key_is_reported_without_quoting_it() {
+        let cert = self_signed(false, (2000, 2999));
+        let access = Access {
+            server: "https://127.0.0.1".into(),
+            insecure: true,
+            client_cert_pem: Some(cert.into_bytes()),
+            client_key_pem: Some(
+                b"-----BEGIN PRIVATE KEY-----\nSECRET-KEY-MATERIAL\n-----BEGIN X-----\n".to_vec(),
+            ),
+            ..Access::default()
+        };
+        let e = CniError::from_anyhow(&tls_config(&access).unwrap_err());
+        assert!(
+            e.msg.contains("client-key") && !e.msg.contains("SECRET"),
+            "{}",
+            e.msg
+        );
     }
 
     #[test]
