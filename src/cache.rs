@@ -128,7 +128,8 @@ pub struct Cache {
 /// removing the record go through it.
 #[derive(Debug)]
 pub struct Lock {
-    _file: Flock<File>,
+    /// `None` only in a read-only directory.
+    _file: Option<Flock<File>>,
     lock: PathBuf,
     record: PathBuf,
     tmp: PathBuf,
@@ -184,20 +185,35 @@ impl Cache {
     }
 
     fn lock_stem(&self, stem: &str, how: FlockArg) -> Result<Option<Lock>> {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .with_context(|| format!("creating cache directory {}", self.dir.display()))?;
+        self.prepare_dir()?;
         let path = self.dir.join(format!("{stem}.lock"));
+        let record = self.dir.join(format!("{stem}.json"));
+        let tmp = self.dir.join(format!(".{stem}.json.tmp"));
         loop {
-            let file = OpenOptions::new()
+            let file = match OpenOptions::new()
                 .create(true)
                 .truncate(false)
                 .write(true)
                 .mode(0o600)
                 .open(&path)
-                .with_context(|| format!("opening lock {}", path.display()))?;
+            {
+                Ok(f) => f,
+                // A read-only cniDir: nothing can change a record there, so reading one (for DEL
+                // to release what it lists) needs no lock file of its own.
+                Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EROFS as i32) => {
+                    return Ok(Some(Lock {
+                        _file: File::open(&path)
+                            .ok()
+                            .and_then(|f| Flock::lock(f, how).ok()),
+                        lock: path,
+                        record,
+                        tmp,
+                    }));
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("opening lock {}", path.display()));
+                }
+            };
             let locked = match Flock::lock(file, how) {
                 Ok(l) => l,
                 Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
@@ -213,15 +229,51 @@ impl Cache {
             match fs::metadata(&path) {
                 Ok(current) if current.ino() == held.ino() && current.dev() == held.dev() => {
                     return Ok(Some(Lock {
-                        _file: locked,
+                        _file: Some(locked),
                         lock: path,
-                        record: self.dir.join(format!("{stem}.json")),
-                        tmp: self.dir.join(format!(".{stem}.json.tmp")),
+                        record,
+                        tmp,
                     }));
                 }
                 _ => continue,
             }
         }
+    }
+
+    /// Creates the directory 0700 (container IDs are nobody else's business), and tightens one
+    /// that an earlier multihome created 0755: owned by us, not sticky, holding nothing but
+    /// multihome's files. Anything else is left as the operator made it.
+    fn prepare_dir(&self) -> Result<()> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .with_context(|| format!("creating cache directory {}", self.dir.display()))?;
+        let meta =
+            fs::metadata(&self.dir).with_context(|| format!("stat {}", self.dir.display()))?;
+        let loose = meta.mode() & 0o077 != 0 && meta.mode() & 0o1000 == 0;
+        if loose && meta.uid() == nix::unistd::geteuid().as_raw() && self.only_ours() {
+            use std::os::unix::fs::PermissionsExt;
+            if let Err(e) = fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)) {
+                log::warn!("cannot make {} private: {e}", self.dir.display());
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether every entry of the directory is a record, lock or temporary file of multihome's.
+    fn only_ours(&self) -> bool {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return false;
+        };
+        entries.filter_map(|e| e.ok()).all(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            e.file_type().is_ok_and(|t| t.is_file())
+                && (name.ends_with(".json")
+                    || name.ends_with(".lock")
+                    || name.ends_with(".json.tmp"))
+        })
     }
 
     /// Reads the locked record. `Ok(None)` when there is none; an unreadable or torn file is an
@@ -481,6 +533,25 @@ mod tests {
         assert!(r.attachments[0].result.is_some() && r.added.is_none());
         cache.remove(lock).unwrap();
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_loose_directory_is_tightened_only_when_it_is_multihomes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempdir("loose");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("mh+c1+eth0.json"), b"{}").unwrap();
+        fs::write(dir.join("c0.json"), b"{}").unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let cache = Cache::new(&dir);
+        drop(cache.lock(&key("c1", "eth0")).unwrap());
+        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        // Someone else's file in it: not ours to tighten.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(dir.join("results"), b"").unwrap();
+        drop(cache.lock(&key("c1", "eth0")).unwrap());
+        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o755);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -84,6 +84,7 @@ struct Wire {
     api_connect_timeout: Option<f64>,
     api_timeout: Option<f64>,
     api_attempts: Option<u32>,
+    delegate_timeout: Option<f64>,
     kubelet_checkpoint_file: Option<PathBuf>,
     device_info_dir: Option<PathBuf>,
     #[serde(
@@ -150,6 +151,8 @@ pub struct NetConf {
     pub log_options: Map<String, Value>,
     /// `apiConnectTimeout`, `apiTimeout` (seconds) and `apiAttempts`.
     pub api_timeouts: Timeouts,
+    /// `delegateTimeout`: how long one delegate call may take before it is killed.
+    pub delegate_timeout: Duration,
     /// `kubeletCheckpointFile`: where device-plugin allocations are read for `resourceName`.
     pub kubelet_checkpoint_file: PathBuf,
     /// `deviceInfoDir`: the device-info directory of the NPWG device-info spec.
@@ -158,6 +161,10 @@ pub struct NetConf {
     /// by GC only: no other command reads them).
     pub gc_attachments: [Option<Value>; 2],
 }
+
+/// Default `delegateTimeout`: longer than any real IPAM takes (DHCP included), and as long as
+/// kubelet's default runtime request timeout, past which the runtime gives up anyway.
+pub const DEFAULT_DELEGATE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Default `deviceInfoDir`.
 pub const DEFAULT_DEVICE_INFO_DIR: &str = "/var/run/k8s.cni.cncf.io/devinfo";
@@ -279,6 +286,11 @@ impl NetConf {
             auxiliary_cni_chain_name: wire.auxiliary_c_n_i_chain_name.filter(|s| !s.is_empty()),
             log_options: wire.log_options,
             api_timeouts,
+            delegate_timeout: seconds(
+                "delegateTimeout",
+                wire.delegate_timeout,
+                DEFAULT_DELEGATE_TIMEOUT,
+            )?,
             kubelet_checkpoint_file: wire
                 .kubelet_checkpoint_file
                 .unwrap_or_else(|| DEFAULT_CHECKPOINT_FILE.into()),
@@ -541,6 +553,7 @@ mod tests {
         assert_eq!(c.api_timeouts.connect, Duration::from_secs(2));
         assert_eq!(c.api_timeouts.total, Duration::from_secs(10));
         assert_eq!(c.api_timeouts.attempts, 3);
+        assert_eq!(c.delegate_timeout, Duration::from_secs(120));
         assert_eq!(
             c.kubelet_checkpoint_file,
             PathBuf::from(DEFAULT_CHECKPOINT_FILE)

@@ -8,8 +8,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 use serde_json::{Map, Value, json};
 
 use crate::cni::env::{Arg, Command, format_args};
@@ -37,6 +40,8 @@ pub struct Runner {
     pub container_id: String,
     /// `CNI_NETNS` (may be absent on DEL).
     pub netns: Option<String>,
+    /// How long one plugin call may take (`delegateTimeout`).
+    pub timeout: Duration,
 }
 
 impl Runner {
@@ -202,6 +207,44 @@ impl Runner {
         Ok(())
     }
 
+    /// Feeds the delegate its stdin and collects its output, killing its whole process group
+    /// when it takes longer than `delegateTimeout`.
+    fn wait(
+        &self,
+        pipe: Option<std::process::ChildStdin>,
+        child: std::process::Child,
+        stdin: Vec<u8>,
+    ) -> Result<std::process::Output> {
+        let mut pipe = pipe.context("plugin stdin")?;
+        let group = Pid::from_raw(i32::try_from(child.id()).context("plugin pid")?);
+        std::thread::scope(|s| {
+            // Written from a thread of its own: a plugin that prints before reading all of stdin
+            // must not deadlock against us. A plugin may exit without reading stdin; its exit
+            // status tells what happened.
+            s.spawn(move || {
+                let _ = pipe.write_all(&stdin);
+            });
+            let (tx, rx) = std::sync::mpsc::channel();
+            s.spawn(move || {
+                let _ = tx.send(child.wait_with_output());
+            });
+            match rx.recv_timeout(self.timeout) {
+                Ok(output) => output.context("waiting for it"),
+                Err(_) => {
+                    let _ = killpg(group, Signal::SIGKILL);
+                    let _ = rx.recv();
+                    Err(coded(
+                        Code::TryAgainLater,
+                        format!(
+                            "it did not finish within {}s (delegateTimeout) and was killed",
+                            self.timeout.as_secs_f64()
+                        ),
+                    ))
+                }
+            }
+        })
+    }
+
     /// A network-wide call (GC, STATUS) of one plugin: no container, interface or arguments.
     fn network_call(
         &self,
@@ -262,20 +305,13 @@ impl Runner {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        tie_to_us(&mut child);
         let mut child = child
             .spawn()
             .with_context(|| format!("executing {}", binary.display()))?;
-        let mut pipe = child.stdin.take().context("plugin stdin")?;
-        // Written from a second thread: a plugin that prints before reading all of stdin must
-        // not deadlock against us.
-        let output = std::thread::scope(|s| {
-            s.spawn(move || {
-                // A plugin may exit without reading stdin; its exit status tells what happened.
-                let _ = pipe.write_all(&stdin);
-            });
-            child.wait_with_output()
-        })
-        .with_context(|| format!("waiting for {}", binary.display()))?;
+        let output = self
+            .wait(child.stdin.take(), child, stdin)
+            .with_context(|| format!("plugin {kind} ({})", binary.display()))?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
         if !stderr.trim().is_empty() {
@@ -308,6 +344,29 @@ struct Call<'a> {
     ifname: &'a str,
     /// `CNI_ARGS` pairs.
     args: &'a [Arg],
+}
+
+/// Makes a delegate die with multihome and lead its own process group. When the runtime gives up
+/// on an ADD and kills multihome, a delegate left running would finish its ADD after the
+/// runtime's DEL and leak what it made; with its own group, a timeout kills whatever it started
+/// too (its IPAM plugin).
+#[allow(unsafe_code)]
+fn tie_to_us(child: &mut Process) {
+    use std::os::unix::process::CommandExt;
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // calls are allowed: prctl(2) and getppid(2), with no allocation and no lock.
+    unsafe {
+        child.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // Killed between fork and prctl: nobody would ever signal us, so do not start.
+            if nix::unistd::getppid() != parent {
+                return Err(nix::errno::Errno::ESRCH.into());
+            }
+            Ok(())
+        });
+    }
+    child.process_group(0);
 }
 
 fn network_step(network: &NetworkConfig, plugin: usize) -> String {

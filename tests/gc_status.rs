@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Netns, World, sh};
+use crate::harness::{Netns, World};
 
 const STUB: &str = "stub11";
 
@@ -57,6 +57,50 @@ fn wait_for(path: &Path) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits until process `pid` is gone (or a zombie); fails after 20 s.
+pub fn wait_gone(pid: &str) {
+    let start = Instant::now();
+    loop {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return,
+            Ok(stat)
+                if stat
+                    .rsplit(')')
+                    .next()
+                    .is_some_and(|s| s.trim_start().starts_with('Z')) =>
+            {
+                return;
+            }
+            Ok(_) => {}
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the delegate (pid {pid}) outlived multihome"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_hung_delegate_is_killed_after_delegate_timeout_and_the_add_rolled_back() {
+    let w = World::new("hung");
+    let mut conf = conf(&w);
+    conf["delegateTimeout"] = json!(1);
+    std::fs::write(w.dir.join("stub.block"), b"").unwrap();
+    let err = w.run("ADD", &conf).failure();
+    let msg = err["msg"].as_str().unwrap();
+    assert!(
+        msg.contains(STUB) && msg.contains("delegateTimeout") && msg.contains("stubnet"),
+        "{msg}"
+    );
+    assert_eq!(err["code"], 11, "{err}");
+    let stub = std::fs::read_to_string(w.dir.join("stub.pid")).unwrap();
+    wait_gone(stub.trim());
+    assert_eq!(w.pod.links(), Vec::<String>::new(), "rolled back");
+    assert_eq!(w.all_reserved_ips(), vec![]);
+    assert_eq!(w.cache_files(), Vec::<String>::new());
 }
 
 #[test]
@@ -341,7 +385,7 @@ fn a_killed_add_leaves_a_record_from_which_del_releases_everything() {
     add.kill().unwrap();
     add.wait().unwrap();
     let stub = std::fs::read_to_string(w.dir.join("stub.pid")).unwrap();
-    let _ = sh(&["kill", "-9", stub.trim()]);
+    wait_gone(stub.trim());
     assert!(
         w.cache_file().exists(),
         "the plan was recorded before the first delegate ran"

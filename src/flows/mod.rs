@@ -43,6 +43,7 @@ impl Invocation {
             search_path: search_path(&self.conf.bin_dir, &self.env.path),
             container_id: container_id.to_string(),
             netns,
+            timeout: self.conf.delegate_timeout,
         }
     }
 
