@@ -13,7 +13,8 @@
 //!   unknown resource gets, unlike the 404 of a missing object, which names it).
 //!
 //! It runs on 127.0.0.1 inside a network namespace, records every request, counts TLS
-//! connections, and can be told to fail the next requests (500, 429 with Retry-After).
+//! connections, and can be told to fail the next requests (500, 429 with Retry-After) or to hold
+//! them for a while.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
@@ -48,6 +49,10 @@ struct State {
     faults: VecDeque<Fault>,
     crd_missing: bool,
     crd_not_established: bool,
+    /// Requests to hold before answering: (path fragment, milliseconds).
+    delays: VecDeque<(&'static str, u64)>,
+    /// Requests held so far.
+    delayed: usize,
 }
 
 /// The PEM material a client needs.
@@ -307,6 +312,21 @@ impl ApiServer {
         self.state.lock().unwrap().faults.push_back(fault);
     }
 
+    /// Holds the next request whose path contains `path_contains` for `ms` before answering it
+    /// (a slow API server, or a moment to kill the client in).
+    pub fn delay(&self, path_contains: &'static str, ms: u64) {
+        self.state
+            .lock()
+            .unwrap()
+            .delays
+            .push_back((path_contains, ms));
+    }
+
+    /// How many requests have been held so far.
+    pub fn delayed(&self) -> usize {
+        self.state.lock().unwrap().delayed
+    }
+
     pub fn uninstall_crd(&self) {
         self.state.lock().unwrap().crd_missing = true;
     }
@@ -387,6 +407,17 @@ fn serve(
     while let Some(req) = read_request(&mut reader) {
         if stop.load(Ordering::SeqCst) {
             return;
+        }
+        let delay = {
+            let mut st = state.lock().unwrap();
+            let hit = st.delays.iter().position(|(p, _)| req.path.contains(p));
+            hit.and_then(|i| st.delays.remove(i)).map(|(_, ms)| {
+                st.delayed += 1;
+                ms
+            })
+        };
+        if let Some(ms) = delay {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
         }
         let (code, body, extra) = handle(&req, &state, &tokens, has_client_cert);
         let body = serde_json::to_vec(&body).unwrap();

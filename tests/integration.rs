@@ -11,5 +11,6 @@ mod host_interface;
 mod binary;
 mod core_flows;
 mod default_route;
+mod faults;
 mod gc_status;
 mod kubernetes;

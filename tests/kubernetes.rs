@@ -80,11 +80,21 @@ impl Kube {
     }
 
     pub fn run(&self, command: &str, conf: &Value, pod: &str, uid: &str) -> Run {
-        let args = format!(
+        self.w
+            .run_with(command, conf, &[("CNI_ARGS", &self.args(pod, uid))])
+    }
+
+    /// Starts multihome for `pod` without waiting for it.
+    pub fn spawn(&self, command: &str, conf: &Value, pod: &str, uid: &str) -> std::process::Child {
+        self.w
+            .spawn_with(command, conf, &[("CNI_ARGS", &self.args(pod, uid))])
+    }
+
+    fn args(&self, pod: &str, uid: &str) -> String {
+        format!(
             "IgnoreUnknown=1;K8S_POD_NAMESPACE={NS};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={uid}",
             self.w.container_id
-        );
-        self.w.run_with(command, conf, &[("CNI_ARGS", &args)])
+        )
     }
 
     pub fn status(&self, pod: &str) -> Value {

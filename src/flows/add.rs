@@ -15,6 +15,8 @@ use crate::delegate::{Runner, check_available};
 use crate::error::{Code, coded};
 use crate::k8s::report;
 use crate::netns::NetNs;
+use crate::plan::Attachment;
+use crate::resolve::Kube;
 
 /// How long ADD waits for `readinessindicatorfile` (Multus waits 45 s).
 const READINESS_TIMEOUT: Duration = Duration::from_secs(45);
@@ -24,46 +26,18 @@ const READINESS_POLL: Duration = Duration::from_millis(100);
 /// version. On failure nothing stays attached.
 pub fn add(inv: &Invocation) -> Result<Value> {
     wait_for_readiness(&inv.conf)?;
-    // The pod's interfaces are listed over netlink while the API is asked about the pod; a bad
-    // CNI_NETNS is reported after the config's own errors.
-    let (kube, pod_links) = std::thread::scope(|s| {
-        let links = s.spawn(|| -> Result<(NetNs, Vec<String>)> {
-            let netns = NetNs::open(inv.env.netns.as_deref().unwrap_or_default())?;
-            let names = netns.link_names()?;
-            Ok((netns, names))
-        });
-        (inv.kube(true), links.join())
-    });
-    let kube = kube?;
-    let attachments = inv.plan(kube.as_ref())?;
-    let runner = inv.runner();
-    for att in &attachments {
-        check_available(&att.network, &att.name, &runner.search_path)?;
-    }
-    let (netns, existing) = pod_links.map_err(|_| anyhow::anyhow!("netlink thread panicked"))??;
-    for att in &attachments {
-        if existing.contains(&att.ifname) {
-            return Err(coded(
-                Code::InvalidConfig,
-                format!(
-                    "interface {:?} (network {:?}) already exists in {}",
-                    att.ifname,
-                    att.name,
-                    netns.path().display()
-                ),
-            ));
-        }
-    }
-
     let cache = inv.cache();
+    // Held from here on: an ADD racing another ADD or a DEL of the same attachment must see
+    // what that one left, interfaces and record alike.
     let lock = cache.lock(&inv.key())?;
-    if cache.load(&lock).ok().flatten().is_some() {
-        log::warn!(
-            "ADD for {} ({}) replaces a record that no DEL removed",
-            inv.env.container_id,
-            inv.env.ifname
-        );
-    }
+    let (kube, attachments, netns) = match prepare(inv, &cache, &lock) {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            cache.unlock(lock);
+            return Err(e);
+        }
+    };
+    let runner = inv.runner();
     let mut record = Record {
         kind: KIND.into(),
         network: inv.conf.name.clone(),
@@ -134,6 +108,59 @@ pub fn add(inv: &Invocation) -> Result<Value> {
         .context("no attachment")?;
     let version = record.attachments[0].attachment.network.cni_version;
     convert(first, version, inv.conf.cni_version).context("converting the cluster network's result")
+}
+
+/// Everything ADD checks before its first delegate runs: the pod and its networks (from the
+/// API), the plan, the plugin binaries, and that no planned interface exists in the pod. A
+/// record left by an ADD that no DEL followed describes attachments that are gone (their
+/// interfaces are not in the pod): it is torn down first, so that its IPAM is not leaked.
+fn prepare(
+    inv: &Invocation,
+    cache: &Cache,
+    lock: &Lock,
+) -> Result<(Option<Kube>, Vec<Attachment>, NetNs)> {
+    // The pod's interfaces are listed over netlink while the API is asked about the pod; a bad
+    // CNI_NETNS is reported after the config's own errors.
+    let (kube, pod_links) = std::thread::scope(|s| {
+        let links = s.spawn(|| -> Result<(NetNs, Vec<String>)> {
+            let netns = NetNs::open(inv.env.netns.as_deref().unwrap_or_default())?;
+            let names = netns.link_names()?;
+            Ok((netns, names))
+        });
+        (inv.kube(true), links.join())
+    });
+    let kube = kube?;
+    let attachments = inv.plan(kube.as_ref())?;
+    let runner = inv.runner();
+    for att in &attachments {
+        check_available(&att.network, &att.name, &runner.search_path)?;
+    }
+    let (netns, existing) = pod_links.map_err(|_| anyhow::anyhow!("netlink thread panicked"))??;
+    for att in &attachments {
+        if existing.contains(&att.ifname) {
+            return Err(coded(
+                Code::InvalidConfig,
+                format!(
+                    "interface {:?} (network {:?}) already exists in {}",
+                    att.ifname,
+                    att.name,
+                    netns.path().display()
+                ),
+            ));
+        }
+    }
+    if let Ok(Some(stale)) = cache.load(lock) {
+        log::warn!(
+            "ADD for {} ({}) finds a record that no DEL removed; deleting what it lists first",
+            inv.env.container_id,
+            inv.env.ifname
+        );
+        let runner = inv.runner_in(&stale.container_id, stale.netns.clone());
+        if let Err(e) = del_attachments(&runner, &stale.attachments) {
+            log::warn!("DEL of the stale record: {e:#}");
+        }
+    }
+    Ok((kube, attachments, netns))
 }
 
 /// Undoes a failed ADD. When attachment `failed` is the one that failed: it returned no result,
