@@ -15,6 +15,7 @@ use crate::cni::env::is_valid_name;
 use crate::cni::version::Version;
 use crate::error::{CniError, Code, coded};
 use crate::k8s::Timeouts;
+use crate::policy::Rule;
 
 /// Default `confDir`, as in Multus.
 pub const DEFAULT_CONF_DIR: &str = "/etc/cni/multus/net.d";
@@ -85,6 +86,7 @@ struct Wire {
     api_timeout: Option<f64>,
     api_attempts: Option<u32>,
     delegate_timeout: Option<f64>,
+    nad_policy: Option<Vec<Rule>>,
     kubelet_checkpoint_file: Option<PathBuf>,
     device_info_dir: Option<PathBuf>,
     #[serde(
@@ -153,6 +155,8 @@ pub struct NetConf {
     pub api_timeouts: Timeouts,
     /// `delegateTimeout`: how long one delegate call may take before it is killed.
     pub delegate_timeout: Duration,
+    /// `nadPolicy`: what NADs of which namespaces may use (`None`: anything).
+    pub nad_policy: Option<Vec<Rule>>,
     /// `kubeletCheckpointFile`: where device-plugin allocations are read for `resourceName`.
     pub kubelet_checkpoint_file: PathBuf,
     /// `deviceInfoDir`: the device-info directory of the NPWG device-info spec.
@@ -291,6 +295,7 @@ impl NetConf {
                 wire.delegate_timeout,
                 DEFAULT_DELEGATE_TIMEOUT,
             )?,
+            nad_policy: wire.nad_policy,
             kubelet_checkpoint_file: wire
                 .kubelet_checkpoint_file
                 .unwrap_or_else(|| DEFAULT_CHECKPOINT_FILE.into()),
@@ -661,6 +666,16 @@ mod tests {
                 "one",
             ),
             (r#"{"cniVersion":"1.0.0","name":"m","#, 6, "EOF"),
+            (
+                r#"{"cniVersion":"1.0.0","name":"m","clusterNetwork":"x","nadPolicy":[{"namespaces":["*"],"masters":[]}]}"#,
+                7,
+                "nadPolicy[0]",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"m","clusterNetwork":"x","delegateTimeout":0}"#,
+                7,
+                "delegateTimeout",
+            ),
         ];
         for (input, code, named) in cases {
             let e = err_of(NetConf::parse(input.as_bytes()));

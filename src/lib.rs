@@ -7,6 +7,7 @@
 //! - [`config`]: multihome's configuration and delegate network configs;
 //! - [`resolve`]: what a call attaches, from the config, the pod and its NADs;
 //! - [`plan`]: the pure plan, networks + environment -> ordered attachments;
+//! - [`policy`]: the admin's policy for NetworkAttachmentDefinitions (pure);
 //! - [`delegate`]: executing delegate plugins;
 //! - [`netns`]: namespaces and netlink;
 //! - [`cache`]: the per-attachment record;
@@ -28,6 +29,7 @@ pub mod logging;
 pub mod netlink;
 pub mod netns;
 pub mod plan;
+pub mod policy;
 pub mod resolve;
 
 use anyhow::Result;

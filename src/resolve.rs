@@ -15,6 +15,7 @@ use crate::flows::Invocation;
 use crate::k8s::checkpoint::Devices;
 use crate::k8s::{Access, Client, NadReply, Pod};
 use crate::plan::{Attachment, Selection, check_namespace_isolation, plan};
+use crate::policy;
 
 /// The pod a call is for, as `CNI_ARGS` names it.
 #[derive(Debug, Clone)]
@@ -252,6 +253,11 @@ impl Resolver<'_> {
                     NetworkConfig::from_value(value, self.conf.cni_version)
                         .with_context(|| what.clone())?
                 };
+                // Whatever the NAD resolved to (a confDir file included) is judged by the
+                // namespace the NAD lives in: that is who could write it.
+                if let Some(rules) = &self.conf.nad_policy {
+                    policy::check(rules, namespace, name, &network)?;
+                }
                 let resource = nad
                     .metadata
                     .annotations

@@ -708,3 +708,67 @@ fn a_failing_event_never_fails_add() {
     k.run("DEL", &conf, "p", &uid).success();
     k.assert_clean();
 }
+
+#[test]
+fn nad_policy_keeps_tenants_off_the_nodes_interfaces() {
+    let k = Kube::new("k8policy");
+    k.w.veth_master("uplink0");
+    let mut conf = k.conf();
+    conf["nadPolicy"] = json!([
+        {"namespaces": ["kube-system"]},
+        {"namespaces": ["*"], "types": ["macvlan", "ptp", "host-local"], "master": ["mvm*"],
+         "device": [], "hwaddr": [], "pciBusID": [], "kernelpath": []}
+    ]);
+    // Allowed: a macvlan on a master the rule names, and ptp.
+    let uid = k.pod(
+        "ok",
+        json!({"k8s.v1.cni.cncf.io/networks": "macvlan-net, ptp-net"}),
+    );
+    k.run("ADD", &conf, "ok", &uid).success();
+    assert_eq!(k.w.pod.links(), ["eth0", "net1", "net2"]);
+    k.run("DEL", &conf, "ok", &uid).success();
+    k.assert_clean();
+    // The node's uplink, directly or as a master, or through an admin's confDir file that an
+    // empty NAD names: denied before any delegate runs.
+    let conf_dir = k.w.dir.join("confdir");
+    crate::harness::write_json(
+        &conf_dir.join("grab.conf"),
+        &json!({"cniVersion": "1.0.0", "name": "grab", "type": "host-device", "device": "uplink0"}),
+    );
+    conf["confDir"] = json!(conf_dir);
+    k.api.add_nad(NS, "grab", None, json!({}));
+    k.api.add_nad(
+        NS,
+        "take-uplink",
+        Some(&json!({"cniVersion": "1.0.0", "type": "host-device", "device": "uplink0"})),
+        json!({}),
+    );
+    let mut on_uplink = k.w.macvlan_net("1.0.0", "uplink0");
+    on_uplink["name"] = json!("mv-uplink");
+    k.api.add_nad(NS, "mv-uplink", Some(&on_uplink), json!({}));
+    for (nad, fragment) in [
+        ("take-uplink", r#"plugin 0 type "host-device""#),
+        ("mv-uplink", r#""master" "uplink0""#),
+        ("grab", r#"plugin 0 type "host-device""#),
+    ] {
+        let uid = k.pod(
+            nad,
+            json!({"k8s.v1.cni.cncf.io/networks": format!("ptp-net, {nad}")}),
+        );
+        let err = k.run("ADD", &conf, nad, &uid).failure();
+        let msg = err["msg"].as_str().unwrap();
+        assert_eq!(err["code"], 7, "{msg}");
+        assert!(
+            msg.contains(&format!("{NS}/{nad}"))
+                && msg.contains(fragment)
+                && msg.contains("nadPolicy rule 1"),
+            "{nad}: {msg}"
+        );
+        k.assert_clean();
+        assert!(
+            crate::harness::sh(&["ip", "-n", &k.w.host.name, "link", "show", "uplink0"])
+                .contains("uplink0"),
+            "the uplink stays on the node"
+        );
+    }
+}
