@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LOCKED := $(if $(CI),--locked,)
 
-.PHONY: all build deps demo test unit lint install clean bench
+.PHONY: all build deps demo test unit lint install clean bench fuzz
 
 all: build
 
@@ -38,3 +38,15 @@ PODS ?= 50
 BURST ?= 100
 bench: deps
 	$(CARGO) bench $(LOCKED) --bench bench -- --pods $(PODS) --burst $(BURST)
+
+## fuzz: every fuzz target for FUZZ_SECONDS each, from the seeds in tests/fuzz/seeds (nightly
+## toolchain; installs cargo-fuzz if missing). Stops at the first crash.
+FUZZ_SECONDS ?= 15
+FUZZ_TARGETS := networks_annotation default_network netconf delegate_config kubeconfig result_conversion
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p tests/fuzz/corpus/$$t && \
+	  $(CARGO) +nightly fuzz run --fuzz-dir tests/fuzz $$t tests/fuzz/corpus/$$t tests/fuzz/seeds/$$t \
+	    -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done

@@ -35,6 +35,17 @@ pub fn convert(result: &Value, fallback: Version, to: Version) -> Result<Value> 
         ResultFormat::V02 => v02_to_current(obj)?,
         ResultFormat::V04 | ResultFormat::V1 => v04_to_current(obj),
     };
+    // As libcni's typed results do: an address that is no CIDR fails every conversion, not
+    // only the ones that happen to look at its family.
+    for (i, ip) in array(&current, "ips").iter().enumerate() {
+        let addr = ip.get("address").and_then(Value::as_str).ok_or_else(|| {
+            coded(
+                Code::Decode,
+                format!("CNI result ips[{i}] has no \"address\" string"),
+            )
+        })?;
+        parse_cidr(addr).map_err(|e| coded(Code::Decode, format!("{e:#}")))?;
+    }
     let mut out = match to.result_format() {
         ResultFormat::V1 => current,
         ResultFormat::V04 => current_to_v04(current)?,
@@ -365,6 +376,23 @@ mod tests {
         let up = convert(&v02_result(), v("0.2.0"), v("0.3.1")).unwrap();
         let down = convert(&up, v("0.3.1"), v("0.2.0")).unwrap();
         assert_eq!(down, v02_result());
+    }
+
+    /// Found by the result_conversion fuzz target: 0.3.0 -> 1.1.0 let a broken address through,
+    /// and only the way back failed on it.
+    #[test]
+    fn an_address_that_is_no_cidr_fails_every_conversion() {
+        let missing = json!({"cniVersion": "1.0.0", "ips": [{"gateway": "198.18.0.1"}]});
+        let e = convert(&missing, Version::new(1, 0, 0), Version::new(1, 1, 0)).unwrap_err();
+        assert!(format!("{e:#}").contains("ips[0]"), "{e:#}");
+        let r =
+            json!({"cniVersion": "0.4.0", "ips": [{"version": "4", "address": "19881..0.2/24"}]});
+        for to in ["0.4.0", "1.0.0", "1.1.0", "0.2.0"] {
+            let e = convert(&r, Version::new(0, 4, 0), Version::parse(to).unwrap()).unwrap_err();
+            let e = crate::error::CniError::from_anyhow(&e);
+            assert_eq!(e.code, 6, "{to}");
+            assert!(e.msg.contains("19881..0.2/24"), "{to}: {}", e.msg);
+        }
     }
 
     /// Every (from, to) pair of supported versions: the output has exactly the shape of `to`.

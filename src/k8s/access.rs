@@ -217,6 +217,7 @@ fn pick<T>(
 /// Reads a file or inline base64 data, whichever the kubeconfig gives; relative paths are
 /// relative to the kubeconfig's directory, as kubectl resolves them.
 fn material(
+    read: &dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
     base: &Path,
     file: Option<&PathBuf>,
     data: Option<&String>,
@@ -237,7 +238,7 @@ fn material(
     match file.filter(|f| !f.as_os_str().is_empty()) {
         Some(f) => {
             let path = base.join(f);
-            Ok(Some(std::fs::read(&path).with_context(|| {
+            Ok(Some(read(&path).with_context(|| {
                 format!("reading kubeconfig {what} {}", path.display())
             })?))
         }
@@ -250,7 +251,17 @@ impl Access {
     pub fn from_kubeconfig(path: &Path) -> Result<Access> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-        let kc = Shape { file: path }.kubeconfig(&text)?;
+        Self::from_kubeconfig_text(&text, path, &|p| std::fs::read(p))
+    }
+
+    /// [`Access::from_kubeconfig`] of `text`, the contents of the kubeconfig at `path`, with the
+    /// files it names read through `read` (the seam the fuzz target uses).
+    pub fn from_kubeconfig_text(
+        text: &str,
+        path: &Path,
+        read: &dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
+    ) -> Result<Access> {
+        let kc = Shape { file: path }.kubeconfig(text)?;
         let context_name = if kc.current_context.is_empty() && kc.contexts.len() == 1 {
             kc.contexts[0].0.clone()
         } else {
@@ -284,12 +295,18 @@ impl Access {
         }
         let token = match (&user.token, &user.token_file) {
             (Some(t), _) if !t.is_empty() => Some(t.clone()),
-            (_, Some(f)) => Some(read_token(&base.join(f))?),
+            (_, Some(f)) => {
+                let file = base.join(f);
+                let bytes = read(&file)
+                    .with_context(|| format!("reading token file {}", file.display()))?;
+                Some(String::from_utf8_lossy(&bytes).trim().to_string())
+            }
             _ => None,
         };
         Ok(Access {
             server: cluster.server.trim_end_matches('/').to_string(),
             ca_pem: material(
+                read,
                 base,
                 cluster.certificate_authority.as_ref(),
                 cluster.certificate_authority_data.as_ref(),
@@ -297,12 +314,14 @@ impl Access {
             )?,
             insecure: cluster.insecure_skip_tls_verify,
             client_cert_pem: material(
+                read,
                 base,
                 user.client_certificate.as_ref(),
                 user.client_certificate_data.as_ref(),
                 "client-certificate",
             )?,
             client_key_pem: material(
+                read,
                 base,
                 user.client_key.as_ref(),
                 user.client_key_data.as_ref(),
