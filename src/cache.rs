@@ -343,6 +343,33 @@ impl Cache {
         drop(lock);
     }
 
+    /// Every record here, of every network and layout, read without locking (records are
+    /// replaced by rename, so a read sees a whole one), with its file name; sorted by name.
+    pub fn records(&self) -> Result<Vec<(String, Result<Record>)>> {
+        let mut names: Vec<String> = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).with_context(|| format!("listing {}", self.dir.display())),
+        };
+        names.sort();
+        Ok(names
+            .into_iter()
+            .map(|name| {
+                let path = self.dir.join(&name);
+                let record = fs::read(&path)
+                    .with_context(|| format!("reading {}", path.display()))
+                    .and_then(|b| {
+                        serde_json::from_slice::<Record>(&b)
+                            .with_context(|| format!("decoding {}", path.display()))
+                    });
+                (name, record)
+            })
+            .collect())
+    }
+
     /// Every attachment of `network` with a file here (record, lock or temporary file), and
     /// every container with a file of the layout before.
     pub fn list(&self, network: &str) -> Result<Listing> {
@@ -426,6 +453,8 @@ mod tests {
                     runtime_config: serde_json::Map::new(),
                     device_info: None,
                     default_route: None,
+                    source: String::new(),
+                    policy_rule: None,
                 },
                 result: Some(json!({"cniVersion": "1.0.0", "ips": []})),
                 host_link: Some("ens5".into()),

@@ -468,6 +468,56 @@ fn config_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The runtime's config directory, where `explain` and the other tools look for multihome's
+/// config by default.
+pub const RUNTIME_CONF_DIR: &str = "/etc/cni/net.d";
+
+/// multihome's config as the runtime would pass it on stdin, from `path` (a `.conf` of type
+/// `multihome`, or a conflist with a `multihome` plugin, which gets the list's `name` and
+/// `cniVersion` as libcni gives them), or, without a path, from the first config file of
+/// `dir`, the one a runtime uses. Returns the file and the stdin bytes.
+pub fn runtime_config(path: Option<&Path>, dir: &Path) -> Result<(PathBuf, Vec<u8>)> {
+    let file = match path {
+        Some(p) => p.to_path_buf(),
+        None => config_files(dir)?.into_iter().next().ok_or_else(|| {
+            coded(
+                Code::InvalidConfig,
+                format!("no .conf, .conflist or .json file in {}", dir.display()),
+            )
+        })?,
+    };
+    let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| coded(Code::Decode, format!("{}: {e}", file.display())))?;
+    let is_ours = |v: &Value| v.get("type").and_then(Value::as_str) == Some("multihome");
+    if is_ours(&value) {
+        return Ok((file, bytes));
+    }
+    let plugin = value
+        .get("plugins")
+        .and_then(Value::as_array)
+        .and_then(|p| p.iter().find(|p| is_ours(p)))
+        .ok_or_else(|| {
+            coded(
+                Code::InvalidConfig,
+                format!(
+                    "{} is not multihome's config (no plugin of type \"multihome\"); name it with --config",
+                    file.display()
+                ),
+            )
+        })?;
+    let mut conf = plugin.clone();
+    for key in ["name", "cniVersion"] {
+        if let Some(v) = value.get(key) {
+            conf[key] = v.clone();
+        }
+    }
+    Ok((
+        file,
+        serde_json::to_vec(&conf).context("encoding the config")?,
+    ))
+}
+
 /// Reads one conf/conflist file.
 pub fn load_network_file(path: &Path, fallback_version: Version) -> Result<NetworkConfig> {
     let bytes = std::fs::read(path)

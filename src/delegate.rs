@@ -546,6 +546,8 @@ mod tests {
             runtime_config: rc.as_object().unwrap().clone(),
             device_info: None,
             default_route: None,
+            source: String::new(),
+            policy_rule: None,
         }
     }
 

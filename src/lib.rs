@@ -13,11 +13,13 @@
 //! - [`cache`]: the per-attachment record;
 //! - [`k8s`]: the Kubernetes API (access, client, device checkpoint, status and events);
 //! - [`flows`]: ADD, DEL, CHECK, GC and STATUS;
+//! - [`commands`]: the command-line tool (`explain`, `attachments`, ...);
 //! - [`error`]: CNI error codes and the boundary mapping.
 
 pub mod annotations;
 pub mod cache;
 pub mod cni;
+pub mod commands;
 pub mod config;
 pub mod default_route;
 pub mod delegate;

@@ -1,5 +1,6 @@
-//! The `multihome` binary: read the CNI environment and stdin, run, print the result or a CNI
-//! error object on stdout. This is the only place anything is written to stdout.
+//! The `multihome` binary: with `CNI_COMMAND` set, read the CNI environment and stdin, run,
+//! print the result or a CNI error object on stdout (in CNI mode this is the only place
+//! anything is written to stdout); without it, the command-line tool.
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -12,14 +13,8 @@ use serde_json::Value;
 fn main() -> ExitCode {
     let env = match CniEnv::parse(|k| std::env::var(k).ok()) {
         Ok(Some(env)) => env,
-        Ok(None) => {
-            eprintln!(
-                "multihome {}: CNI meta-plugin (CNI spec {}); run by a container runtime with CNI_COMMAND set",
-                env!("CARGO_PKG_VERSION"),
-                multihome::cni::version::SUPPORTED.join(", ")
-            );
-            return ExitCode::SUCCESS;
-        }
+        // No CNI_COMMAND: the command-line tool.
+        Ok(None) => return multihome::commands::run(),
         Err(e) => return fail(&e, &[]),
     };
     let mut stdin = Vec::new();

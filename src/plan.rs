@@ -32,11 +32,15 @@ pub struct Selection {
     pub device_info: Option<Value>,
     /// `default-route` gateways requested for this attachment (`Some(vec![])`: the empty list).
     pub default_route: Option<Vec<IpAddr>>,
+    /// Where the network's config came from (for `explain`).
+    pub source: String,
+    /// The `nadPolicy` rule that admitted it, when it is a NAD judged by a policy.
+    pub policy_rule: Option<usize>,
 }
 
 impl Selection {
-    /// A selection with no per-attachment requests.
-    pub fn plain(network: NetworkConfig) -> Self {
+    /// A selection with no per-attachment requests, its config from `source`.
+    pub fn plain(network: NetworkConfig, source: String) -> Self {
         Selection {
             name: network.name.clone(),
             network,
@@ -45,6 +49,8 @@ impl Selection {
             args: Vec::new(),
             device_info: None,
             default_route: None,
+            source,
+            policy_rule: None,
         }
     }
 }
@@ -98,6 +104,7 @@ impl Selection {
             runtime_config.insert("deviceID".into(), json!(id));
         }
         Ok(Selection {
+            source: format!("NetworkAttachmentDefinition {name}"),
             network,
             name,
             ifname: el.interface.clone(),
@@ -105,6 +112,7 @@ impl Selection {
             args: el.cni_args(),
             device_info: None,
             default_route: el.default_route.clone(),
+            policy_rule: None,
         })
     }
 }
@@ -148,6 +156,12 @@ pub struct Attachment {
     /// `default-route` gateways this attachment should carry the pod's default route(s) through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_route: Option<Vec<IpAddr>>,
+    /// Where the network's config came from (shown by `explain`; DEL does not need it).
+    #[serde(skip)]
+    pub source: String,
+    /// The `nadPolicy` rule that admitted the NAD, if a policy judged it.
+    #[serde(skip)]
+    pub policy_rule: Option<usize>,
 }
 
 /// Orders the selections into attachments. The first selection is the cluster network: it gets
@@ -198,6 +212,8 @@ pub fn plan(
             runtime_config,
             device_info: sel.device_info,
             default_route: sel.default_route,
+            source: sel.source,
+            policy_rule: sel.policy_rule,
         });
     }
     Ok(attachments)
@@ -359,9 +375,9 @@ mod tests {
     #[test]
     fn cluster_gets_cni_ifname_then_net_index() {
         let sels = vec![
-            Selection::plain(net("a")),
-            Selection::plain(net("b")),
-            Selection::plain(net("c")),
+            Selection::plain(net("a"), String::new()),
+            Selection::plain(net("b"), String::new()),
+            Selection::plain(net("c"), String::new()),
         ];
         let atts = plan(&env("eth0", ""), &Map::new(), sels).unwrap();
         assert_eq!(names(&atts), ["eth0", "net1", "net2"]);
@@ -369,16 +385,23 @@ mod tests {
 
     #[test]
     fn requested_names_keep_the_index_count() {
-        let mut b = Selection::plain(net("b"));
+        let mut b = Selection::plain(net("b"), String::new());
         b.ifname = Some("storage".into());
-        let sels = vec![Selection::plain(net("a")), b, Selection::plain(net("c"))];
+        let sels = vec![
+            Selection::plain(net("a"), String::new()),
+            b,
+            Selection::plain(net("c"), String::new()),
+        ];
         let atts = plan(&env("eth0", ""), &Map::new(), sels).unwrap();
         assert_eq!(names(&atts), ["eth0", "storage", "net2"]);
     }
 
     #[test]
     fn duplicate_names_are_rejected_naming_both() {
-        let sels = vec![Selection::plain(net("a")), Selection::plain(net("b"))];
+        let sels = vec![
+            Selection::plain(net("a"), String::new()),
+            Selection::plain(net("b"), String::new()),
+        ];
         let err = plan(&env("net1", ""), &Map::new(), sels).unwrap_err();
         let e = crate::error::CniError::from_anyhow(&err);
         assert_eq!(e.code, 7);
@@ -396,11 +419,11 @@ mod tests {
                 .as_object()
                 .unwrap()
                 .clone();
-        let mut b = Selection::plain(net("b"));
+        let mut b = Selection::plain(net("b"), String::new());
         b.runtime_config
             .insert("mac".into(), json!("02:00:00:00:00:01"));
         b.args.push(("MAC".into(), "02:00:00:00:00:01".into()));
-        let sels = vec![Selection::plain(net("a")), b];
+        let sels = vec![Selection::plain(net("a"), String::new()), b];
         let e = env(
             "eth0",
             "IgnoreUnknown=true;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;IP=198.18.0.5;MAC=02:00:00:00:00:09",
@@ -517,12 +540,12 @@ mod tests {
     #[test]
     fn default_route_is_validated_before_anything_runs() {
         let with = |name: &str, gws: &[&str]| {
-            let mut s = Selection::plain(net(name));
+            let mut s = Selection::plain(net(name), String::new());
             s.default_route = Some(gws.iter().map(|g| g.parse().unwrap()).collect());
             s
         };
         let two = vec![
-            Selection::plain(net("a")),
+            Selection::plain(net("a"), String::new()),
             with("b", &[]),
             with("c", &["198.18.1.1"]),
         ];
@@ -537,7 +560,7 @@ mod tests {
             e.msg
         );
         let ecmp = vec![
-            Selection::plain(net("a")),
+            Selection::plain(net("a"), String::new()),
             with("b", &["198.18.1.1", "198.18.1.2"]),
         ];
         let e = crate::error::CniError::from_anyhow(
@@ -549,7 +572,7 @@ mod tests {
             e.msg
         );
         let dual = vec![
-            Selection::plain(net("a")),
+            Selection::plain(net("a"), String::new()),
             with("b", &["198.18.1.1", "2001:db8::1"]),
         ];
         let atts = plan(&env("eth0", ""), &Map::new(), dual).unwrap();

@@ -13,7 +13,7 @@ use crate::config::{NetConf, NetworkConfig, find_network_by_name, resolve_networ
 use crate::error::{Code, coded};
 use crate::flows::Invocation;
 use crate::k8s::checkpoint::Devices;
-use crate::k8s::{Access, Client, NadReply, Pod};
+use crate::k8s::{Access, Client, Nad, NadReply, Pod};
 use crate::plan::{Attachment, Selection, check_namespace_isolation, plan};
 use crate::policy;
 
@@ -25,12 +25,42 @@ pub(crate) struct PodRef {
     pub(crate) uid: Option<String>,
 }
 
+/// Where a call's NetworkAttachmentDefinitions come from.
+pub(crate) enum Api {
+    /// The API server (which the call also reports to).
+    Live(Client),
+    /// NADs given by hand (`explain` offline), by namespace and name.
+    Offline(HashMap<(String, String), Nad>),
+}
+
 /// What Kubernetes says about the pod of one call.
 pub(crate) struct Kube {
-    pub(crate) client: Client,
+    pub(crate) api: Api,
     pub(crate) pod_ref: Option<PodRef>,
     /// `None` when there is no pod to ask about, or the API has no such pod.
     pub(crate) pod: Option<Pod>,
+    /// What ADD would only warn about (a pod the API does not know, ...).
+    pub(crate) warnings: Vec<String>,
+}
+
+impl Kube {
+    /// The API client, when the call talks to a live API server.
+    pub(crate) fn client(&self) -> Option<&Client> {
+        match &self.api {
+            Api::Live(c) => Some(c),
+            Api::Offline(_) => None,
+        }
+    }
+
+    fn get_nad(&self, namespace: &str, name: &str) -> Result<NadReply> {
+        match &self.api {
+            Api::Live(c) => c.get_nad(namespace, name),
+            Api::Offline(nads) => Ok(nads
+                .get(&(namespace.to_string(), name.to_string()))
+                .cloned()
+                .map_or(NadReply::Missing, NadReply::Found)),
+        }
+    }
 }
 
 impl Invocation {
@@ -67,16 +97,20 @@ impl Invocation {
         };
         let pod_ref = self.pod_ref();
         let mut pod = None;
+        let mut warnings = Vec::new();
         if let Some(r) = &pod_ref {
             pod = client
                 .get_pod(&r.namespace, &r.name)
                 .with_context(|| format!("getting pod {}/{}", r.namespace, r.name))?;
             match &pod {
-                None => log::warn!(
-                    "pod {}/{} not found: attaching the cluster network only",
-                    r.namespace,
-                    r.name
-                ),
+                None => {
+                    let warning = format!(
+                        "pod {}/{} not found: attaching the cluster network only",
+                        r.namespace, r.name
+                    );
+                    log::warn!("{warning}");
+                    warnings.push(warning);
+                }
                 Some(p) => {
                     let stale = r
                         .uid
@@ -99,9 +133,10 @@ impl Invocation {
             }
         }
         Ok(Some(Kube {
-            client,
+            api: Api::Live(client),
             pod_ref,
             pod,
+            warnings,
         }))
     }
 
@@ -154,9 +189,10 @@ impl Invocation {
                     if i == 0 && !selections.is_empty() {
                         continue;
                     }
+                    let what = format!("multihome config \"delegates\"[{i}]");
                     let net = NetworkConfig::from_value(d.clone(), conf.cni_version)
-                        .with_context(|| format!("multihome config \"delegates\"[{i}]"))?;
-                    selections.push(Selection::plain(net));
+                        .with_context(|| what.clone())?;
+                    selections.push(Selection::plain(net, what));
                 }
             }
         }
@@ -182,8 +218,15 @@ impl Invocation {
     }
 }
 
-/// A resolved NetworkAttachmentDefinition: its network and its `resourceName`.
-type ResolvedNad = (NetworkConfig, Option<String>);
+/// A resolved NetworkAttachmentDefinition.
+#[derive(Clone)]
+struct ResolvedNad {
+    network: NetworkConfig,
+    /// Its `resourceName`.
+    resource: Option<String>,
+    /// The `nadPolicy` rule that admitted it.
+    rule: Option<usize>,
+}
 
 /// What one call knows of a NetworkAttachmentDefinition.
 #[derive(Clone)]
@@ -226,7 +269,7 @@ impl Resolver<'_> {
         if let Some(hit) = self.nads.get(&key) {
             return Ok(hit.clone());
         }
-        let state = match kube.client.get_nad(namespace, name)? {
+        let state = match kube.get_nad(namespace, name)? {
             NadReply::Missing => NadState::Missing,
             NadReply::NotServed(m) => NadState::NotServed(m),
             NadReply::Found(nad) => {
@@ -255,16 +298,21 @@ impl Resolver<'_> {
                 };
                 // Whatever the NAD resolved to (a confDir file included) is judged by the
                 // namespace the NAD lives in: that is who could write it.
-                if let Some(rules) = &self.conf.nad_policy {
-                    policy::check(rules, namespace, name, &network)?;
-                }
+                let rule = match &self.conf.nad_policy {
+                    Some(rules) => Some(policy::check(rules, namespace, name, &network)?),
+                    None => None,
+                };
                 let resource = nad
                     .metadata
                     .annotations
                     .get(annotations::RESOURCE_NAME)
                     .filter(|r| !r.is_empty())
                     .cloned();
-                NadState::Found((network, resource))
+                NadState::Found(ResolvedNad {
+                    network,
+                    resource,
+                    rule,
+                })
             }
         };
         self.nads.insert(key, state.clone());
@@ -276,18 +324,31 @@ impl Resolver<'_> {
     fn reference(&mut self, reference: &str) -> Result<Selection> {
         if !reference.contains('/') {
             let ns = self.conf.multus_namespace.clone();
-            if let NadState::Found((network, _)) = self.lookup(&ns, reference)? {
-                let mut sel = Selection::plain(network);
+            if let NadState::Found(nad) = self.lookup(&ns, reference)? {
+                let mut sel = Selection::plain(
+                    nad.network,
+                    format!("NetworkAttachmentDefinition {ns}/{reference}"),
+                );
                 sel.name = format!("{ns}/{reference}");
+                sel.policy_rule = nad.rule;
                 return Ok(sel);
             }
         }
-        resolve_network(reference, &self.conf.conf_dir, self.conf.cni_version).map(Selection::plain)
+        let source = if reference.contains('/') {
+            format!("file {reference}")
+        } else {
+            format!(
+                "confDir {} (network {reference:?})",
+                self.conf.conf_dir.display()
+            )
+        };
+        resolve_network(reference, &self.conf.conf_dir, self.conf.cni_version)
+            .map(|net| Selection::plain(net, source))
     }
 
     /// An annotation element: its NAD (which must exist), device and requests.
     fn element(&mut self, el: &NetworkSelection) -> Result<Selection> {
-        let (network, resource) = self.nad(&el.namespace, &el.name)?.ok_or_else(|| {
+        let nad = self.nad(&el.namespace, &el.name)?.ok_or_else(|| {
             coded(
                 Code::InvalidConfig,
                 format!(
@@ -296,15 +357,18 @@ impl Resolver<'_> {
                 ),
             )
         })?;
-        let Some(resource) = resource else {
-            return Selection::from_element(el, network, None);
+        let Some(resource) = nad.resource else {
+            let mut sel = Selection::from_element(el, nad.network, None)?;
+            sel.policy_rule = nad.rule;
+            return Ok(sel);
         };
         let id = self
             .device(&resource)
             .with_context(|| format!("network {:?}", el.qualified_name()))?;
         let info = device_info(&self.conf.device_info_dir, &resource, &id);
-        let mut sel = Selection::from_element(el, network, Some(id))?;
+        let mut sel = Selection::from_element(el, nad.network, Some(id))?;
         sel.device_info = info;
+        sel.policy_rule = nad.rule;
         Ok(sel)
     }
 

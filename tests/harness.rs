@@ -460,6 +460,25 @@ pub fn run_binary(netns: Option<&str>, vars: &[(&str, &str)], stdin: &[u8]) -> R
     }
 }
 
+/// Runs the binary as the command-line tool (no `CNI_*` in its environment) with `args`,
+/// inside `netns`; returns its exit status, stdout and stderr.
+pub fn run_tool(netns: &str, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_multihome")])
+        .args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CNI_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.output().expect("running multihome");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Writes an executable `/bin/sh` script.
 pub fn write_script(path: &Path, body: &str) {
     use std::os::unix::fs::PermissionsExt;

@@ -14,3 +14,4 @@ mod default_route;
 mod faults;
 mod gc_status;
 mod kubernetes;
+mod tools;

@@ -110,6 +110,16 @@ pub fn add(inv: &Invocation) -> Result<Value> {
     convert(first, version, inv.conf.cni_version).context("converting the cluster network's result")
 }
 
+/// That every plugin binary of the plan can be found, as ADD checks before any delegate runs
+/// (`explain` reports the same error).
+pub(crate) fn check_binaries(inv: &Invocation, attachments: &[Attachment]) -> Result<()> {
+    let search_path = inv.runner().search_path;
+    for att in attachments {
+        check_available(&att.network, &att.name, &search_path)?;
+    }
+    Ok(())
+}
+
 /// Everything ADD checks before its first delegate runs: the pod and its networks (from the
 /// API), the plan, the plugin binaries, and that no planned interface exists in the pod. A
 /// record left by an ADD that no DEL followed describes attachments that are gone (their
@@ -131,10 +141,7 @@ fn prepare(
     });
     let kube = kube?;
     let attachments = inv.plan(kube.as_ref())?;
-    let runner = inv.runner();
-    for att in &attachments {
-        check_available(&att.network, &att.name, &runner.search_path)?;
-    }
+    check_binaries(inv, &attachments)?;
     let (netns, existing) = pod_links.map_err(|_| anyhow::anyhow!("netlink thread panicked"))??;
     for att in &attachments {
         if existing.contains(&att.ifname) {

@@ -14,6 +14,7 @@ mod gc;
 mod status;
 
 pub use add::add;
+pub(crate) use add::check_binaries;
 pub use check::check;
 pub use del::del;
 pub use gc::gc;

@@ -46,13 +46,13 @@ fn status_of(record: &Record, default_index: usize) -> Result<Value> {
 /// annotation changes, so nothing else written by others can be lost. A pod deleted meanwhile
 /// is not an error (its DEL is coming).
 pub(crate) fn report_status(kube: &Kube, record: &Record, default_index: usize) -> Result<()> {
-    let (Some(pod), Some(r)) = (&kube.pod, &kube.pod_ref) else {
+    let (Some(pod), Some(r), Some(client)) = (&kube.pod, &kube.pod_ref, kube.client()) else {
         return Ok(());
     };
     let status = serde_json::to_string(&status_of(record, default_index)?)
         .context("encoding network-status")?;
     let patch = json!({"metadata": {"annotations": {annotations::NETWORK_STATUS: status}}});
-    match kube.client.patch_pod_status(&r.namespace, &r.name, &patch) {
+    match client.patch_pod_status(&r.namespace, &r.name, &patch) {
         Err(e) if CniError::from_anyhow(&e).msg.contains("pod not found") => {
             log::warn!(
                 "pod {}/{} ({}) vanished before network-status was written",
@@ -75,7 +75,7 @@ pub(crate) fn report_status(kube: &Kube, record: &Record, default_index: usize) 
 
 /// An `AddedInterface` event per attachment. Best effort: an event failing never fails ADD.
 pub(crate) fn send_events(kube: &Kube, record: &Record) {
-    let (Some(pod), Some(r)) = (&kube.pod, &kube.pod_ref) else {
+    let (Some(pod), Some(r), Some(client)) = (&kube.pod, &kube.pod_ref, kube.client()) else {
         return;
     };
     let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
@@ -107,7 +107,7 @@ pub(crate) fn send_events(kube: &Kube, record: &Record) {
             "lastTimestamp": now,
             "count": 1,
         });
-        if let Err(e) = kube.client.create_event(&r.namespace, &event) {
+        if let Err(e) = client.create_event(&r.namespace, &event) {
             log::warn!("event AddedInterface for {}/{}: {e:#}", r.namespace, r.name);
         }
     }

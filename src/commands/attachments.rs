@@ -1,0 +1,128 @@
+//! `multihome attachments`: what is attached now, from the records in `cniDir`, with the
+//! records whose network namespace is gone marked stale: the view to take before a GC.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use super::ConfigArg;
+use crate::cache::{Cache, Record};
+use crate::cni::result::convert;
+use crate::cni::version::Version;
+
+/// `attachments`' arguments.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Only this container
+    #[arg(long, value_name = "ID")]
+    container: Option<String>,
+    /// One JSON document instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+/// Lists the records.
+pub fn attachments(args: Args) -> Result<ExitCode> {
+    let (_, conf) = args.config.load()?;
+    let cache = Cache::new(&conf.cni_dir);
+    let mut records = Vec::new();
+    let mut unreadable = Vec::new();
+    for (file, record) in cache.records()? {
+        match record {
+            Ok(r) if args.container.as_ref().is_none_or(|c| *c == r.container_id) => {
+                records.push(describe(&file, &r));
+            }
+            Ok(_) => {}
+            Err(e) => unreadable.push(json!({"file": file, "error": format!("{e:#}")})),
+        }
+    }
+    let doc = json!({"cniDir": conf.cni_dir, "records": records, "unreadable": unreadable});
+    if args.json {
+        println!("{doc:#}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    println!("cniDir: {}", conf.cni_dir.display());
+    for r in doc["records"].as_array().into_iter().flatten() {
+        println!();
+        println!(
+            "{}  {} ({})  netns {}{}  added {}",
+            text(&r["containerID"]),
+            text(&r["network"]),
+            text(&r["ifname"]),
+            text(&r["netns"]),
+            if r["stale"] == true {
+                " [STALE: gone]"
+            } else {
+                ""
+            },
+            text(&r["added"]),
+        );
+        for a in r["attachments"].as_array().into_iter().flatten() {
+            let ips: Vec<String> = a["ips"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(text)
+                .collect();
+            println!(
+                "  {:<15} {:<30} {}{}",
+                text(&a["interface"]),
+                text(&a["network"]),
+                ips.join(", "),
+                if a["added"] == true {
+                    ""
+                } else {
+                    " [ADD did not finish]"
+                }
+            );
+        }
+    }
+    for u in doc["unreadable"].as_array().into_iter().flatten() {
+        println!("\nunreadable: {}", text(&u["error"]));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(file: &str, r: &Record) -> Value {
+    let stale = r.netns.as_deref().is_none_or(|n| !Path::new(n).exists());
+    let attachments: Vec<Value> = r
+        .attachments
+        .iter()
+        .map(|a| {
+            let ips: Vec<Value> = a
+                .result
+                .as_ref()
+                .and_then(|res| {
+                    convert(res, a.attachment.network.cni_version, Version::new(1, 0, 0)).ok()
+                })
+                .and_then(|res| res.get("ips").cloned())
+                .and_then(|ips| ips.as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|ip| ip.get("address").cloned())
+                .collect();
+            json!({
+                "network": a.attachment.name,
+                "interface": a.attachment.ifname,
+                "ips": ips,
+                "added": a.result.is_some(),
+                "hostLink": a.host_link,
+            })
+        })
+        .collect();
+    json!({
+        "file": file,
+        "network": if r.network.is_empty() { Value::Null } else { json!(r.network) },
+        "containerID": r.container_id,
+        "netns": r.netns,
+        "stale": stale,
+        "ifname": r.ifname,
+        "added": r.added,
+        "attachments": attachments,
+    })
+}

@@ -1,0 +1,292 @@
+//! `multihome explain`: the plan ADD would carry out for a pod, in the order ADD would run it,
+//! made by exactly the code ADD uses (resolution, planning, the binary check), with the error
+//! ADD would return when it would fail. It only reads: GETs from the API, files, and the links
+//! of the namespace it runs in.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+
+use super::ConfigArg;
+use crate::annotations;
+use crate::cni::env::{CniEnv, Command, format_args};
+use crate::config::plugin_type;
+use crate::delegate::find_plugin;
+use crate::error::{CniError, Code, coded};
+use crate::flows::{Invocation, check_binaries};
+use crate::host_interface;
+use crate::k8s::client::ObjectMeta;
+use crate::k8s::{Nad, Pod};
+use crate::netns::NetNs;
+use crate::plan::{Attachment, filter_runtime_config};
+use crate::resolve::{Api, Kube, PodRef};
+
+/// `explain`'s arguments.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The pod, from the API (through the config's kubeconfig): NAMESPACE/NAME
+    #[arg(long, value_name = "NAMESPACE/NAME", conflicts_with_all = ["annotation", "default_network", "nad"])]
+    pod: Option<String>,
+    /// Offline: the pod's namespace
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// Offline: the pod's k8s.v1.cni.cncf.io/networks annotation
+    #[arg(long, value_name = "NETWORKS")]
+    annotation: Option<String>,
+    /// Offline: the pod's v1.multus-cni.io/default-network annotation
+    #[arg(long, value_name = "NETWORK")]
+    default_network: Option<String>,
+    /// Offline: a NetworkAttachmentDefinition, YAML or JSON (repeatable)
+    #[arg(long, value_name = "FILE")]
+    nad: Vec<PathBuf>,
+    /// The pod UID the runtime would pass; checked against the API's as ADD checks it
+    #[arg(long)]
+    uid: Option<String>,
+    /// The runtime's interface name (CNI_IFNAME), the cluster network's
+    #[arg(long, default_value = "eth0")]
+    ifname: String,
+    /// One JSON document instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+/// Explains the plan for one pod; exits non-zero when ADD would fail.
+pub fn explain(args: Args) -> Result<ExitCode> {
+    let (file, conf) = args.config.load()?;
+    let (namespace, name) = match &args.pod {
+        Some(p) => p
+            .split_once('/')
+            .map(|(ns, n)| (ns.to_string(), n.to_string()))
+            .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+            .ok_or_else(|| {
+                coded(
+                    Code::InvalidEnv,
+                    format!("--pod {p:?}: expected NAMESPACE/NAME"),
+                )
+            })?,
+        None => (args.namespace.clone(), "explain".to_string()),
+    };
+    let mut pairs = vec![
+        ("K8S_POD_NAMESPACE".to_string(), namespace.clone()),
+        ("K8S_POD_NAME".to_string(), name.clone()),
+    ];
+    if let Some(uid) = &args.uid {
+        pairs.push(("K8S_POD_UID".to_string(), uid.clone()));
+    }
+    let env = CniEnv {
+        command: Command::Add,
+        container_id: "explain".into(),
+        netns: None,
+        ifname: args.ifname.clone(),
+        args: pairs,
+        path: std::env::var_os("CNI_PATH")
+            .map(|p| std::env::split_paths(&p).collect())
+            .unwrap_or_default(),
+    };
+    let inv = Invocation { env, conf };
+
+    let mut attachments = Vec::new();
+    let mut warnings = Vec::new();
+    let outcome = (|| -> Result<()> {
+        let kube = match &args.pod {
+            Some(_) => inv.kube(true)?,
+            None => Some(offline(&args, &namespace, &name)?),
+        };
+        if let Some(k) = &kube {
+            warnings.clone_from(&k.warnings);
+        }
+        attachments = inv.plan(kube.as_ref())?;
+        check_binaries(&inv, &attachments)
+    })();
+    let links = NetNs::current()
+        .and_then(|ns| ns.link_names())
+        .context("listing this namespace's links")?;
+    let error = outcome.err().map(|e| CniError::from_anyhow(&e));
+    let doc = json!({
+        "config": file,
+        "pod": format!("{namespace}/{name}"),
+        "attachments": attachments.iter().map(|a| describe(&inv, a, &links)).collect::<Vec<_>>(),
+        "warnings": warnings,
+        "error": error.as_ref().map(|e| json!({"code": e.code, "msg": e.msg})),
+    });
+    if args.json {
+        println!("{doc:#}");
+    } else {
+        print_table(&doc);
+    }
+    Ok(if error.is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The pod given by hand: its namespace, annotations and NADs, as the API would have them.
+fn offline(args: &Args, namespace: &str, name: &str) -> Result<Kube> {
+    let mut nads = HashMap::new();
+    for file in &args.nad {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading --nad {}", file.display()))?;
+        let mut nad: Nad = serde_yaml_ng::from_str(&text).map_err(|e| {
+            coded(
+                Code::InvalidConfig,
+                format!(
+                    "--nad {}: not a NetworkAttachmentDefinition: {e}",
+                    file.display()
+                ),
+            )
+        })?;
+        if nad.metadata.namespace.is_empty() {
+            nad.metadata.namespace = namespace.to_string();
+        }
+        let key = (nad.metadata.namespace.clone(), nad.metadata.name.clone());
+        nads.insert(key, nad);
+    }
+    let mut annotations = BTreeMap::new();
+    if let Some(a) = &args.annotation {
+        annotations.insert(annotations::NETWORKS.to_string(), a.clone());
+    }
+    if let Some(a) = &args.default_network {
+        annotations.insert(annotations::DEFAULT_NETWORK.to_string(), a.clone());
+    }
+    let pod = Pod {
+        metadata: ObjectMeta {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            uid: args.uid.clone().unwrap_or_default(),
+            annotations,
+            ..ObjectMeta::default()
+        },
+    };
+    Ok(Kube {
+        api: Api::Offline(nads),
+        pod_ref: Some(PodRef {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            uid: args.uid.clone(),
+        }),
+        pod: Some(pod),
+        warnings: Vec::new(),
+    })
+}
+
+/// The plugin keys that name a host interface by name.
+const HOST_LINK_KEYS: [&str; 2] = ["master", "device"];
+
+fn describe(inv: &Invocation, att: &Attachment, links: &[String]) -> Value {
+    let search_path = inv.runner().search_path;
+    let mut host = Vec::new();
+    let plugins: Vec<Value> = att
+        .network
+        .plugins
+        .iter()
+        .map(|p| {
+            let kind = plugin_type(p).unwrap_or("?");
+            let path = if kind == host_interface::TYPE {
+                Some("built in".to_string())
+            } else {
+                find_plugin(kind, &search_path)
+                    .ok()
+                    .map(|p| p.display().to_string())
+            };
+            for key in HOST_LINK_KEYS {
+                if let Some(link) = p.get(key).and_then(Value::as_str) {
+                    host.push(json!({"key": key, "name": link, "exists": links.iter().any(|l| l == link)}));
+                }
+            }
+            json!({
+                "type": kind,
+                "path": path,
+                "cniArgs": format_args(&att.cni_args),
+                "runtimeConfig": filter_runtime_config(p, &att.runtime_config),
+            })
+        })
+        .collect();
+    let policy = att.policy_rule.map(|r| {
+        let namespaces = inv
+            .conf
+            .nad_policy
+            .as_ref()
+            .and_then(|rules| rules.get(r))
+            .map(|rule| rule.namespaces.join(", "))
+            .unwrap_or_default();
+        format!("admitted by nadPolicy rule {r} (namespaces {namespaces})")
+    });
+    json!({
+        "interface": att.ifname,
+        "network": att.name,
+        "source": att.source,
+        "cniVersion": att.network.cni_version.to_string(),
+        "plugins": plugins,
+        "device": att.runtime_config.get("deviceID"),
+        "defaultRoute": att.default_route,
+        "hostInterfaces": host,
+        "policy": policy,
+    })
+}
+
+fn print_table(doc: &Value) {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    println!("config: {}", text(&doc["config"]));
+    println!("pod:    {}", text(&doc["pod"]));
+    for a in doc["attachments"].as_array().into_iter().flatten() {
+        println!();
+        println!(
+            "{:<15} {}  (cniVersion {}; from {})",
+            text(&a["interface"]),
+            text(&a["network"]),
+            text(&a["cniVersion"]),
+            text(&a["source"])
+        );
+        for p in a["plugins"].as_array().into_iter().flatten() {
+            let path = p["path"].as_str().unwrap_or("MISSING");
+            println!("  {:<13} {path}", text(&p["type"]));
+            println!("    CNI_ARGS       {}", text(&p["cniArgs"]));
+            if p["runtimeConfig"]
+                .as_object()
+                .is_some_and(|m| !m.is_empty())
+            {
+                println!("    runtimeConfig  {}", p["runtimeConfig"]);
+            }
+        }
+        if !a["device"].is_null() {
+            println!("  device         {}", text(&a["device"]));
+        }
+        if let Some(gws) = a["defaultRoute"].as_array() {
+            if gws.is_empty() {
+                println!(
+                    "  default route  keeps its own delegate's default routes, drops the others"
+                );
+            } else {
+                let list: Vec<String> = gws.iter().map(text).collect();
+                println!("  default route  via {}", list.join(", "));
+            }
+        }
+        for h in a["hostInterfaces"].as_array().into_iter().flatten() {
+            let state = if h["exists"] == true {
+                "present"
+            } else {
+                "NOT ON THIS NODE"
+            };
+            println!("  {:<13}  {} ({state})", text(&h["key"]), text(&h["name"]));
+        }
+        if !a["policy"].is_null() {
+            println!("  policy         {}", text(&a["policy"]));
+        }
+    }
+    for w in doc["warnings"].as_array().into_iter().flatten() {
+        println!("\nwarning: {}", text(w));
+    }
+    if let Some(e) = doc["error"].as_object() {
+        println!(
+            "\nADD would fail (code {}): {}",
+            e["code"],
+            e["msg"].as_str().unwrap_or_default()
+        );
+    }
+}

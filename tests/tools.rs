@@ -1,0 +1,294 @@
+//! The command-line tool: `explain` agrees with the ADD it predicts and changes nothing;
+//! `attachments` shows the records; `node-state` sees the links of the namespace it runs in.
+
+use serde_json::{Value, json};
+
+use crate::harness::{run_tool, write_json};
+use crate::kubernetes::{Kube, NS};
+
+fn explain(k: &Kube, conf_file: &str, extra: &[&str]) -> (bool, Value) {
+    let mut args = vec!["explain", "--config", conf_file, "--json"];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = run_tool(&k.w.host.name, &args);
+    let doc: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
+    (ok, doc)
+}
+
+fn interfaces(doc: &Value) -> Vec<(String, String)> {
+    doc["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["interface"].as_str().unwrap().to_string(),
+                a["network"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn explain_agrees_with_add_on_every_interface_network_and_error_and_changes_nothing() {
+    let k = Kube::new("k8explain");
+    let mut conf = k.conf();
+    conf["binDir"] = json!(k.w.spy_bin());
+    let conf_file = k.w.dir.join("00-multihome.conf");
+    write_json(&conf_file, &conf);
+    let conf_file = conf_file.to_str().unwrap().to_string();
+    let cases = [
+        json!("macvlan-net@storage0, ptp-net"),
+        json!([{"name": "ptp-net", "interface": "p2p0"}, {"name": "macvlan-net"}]),
+        json!("nope-net"),
+        json!("Bad_Name"),
+        json!([{"name": "macvlan-net", "mac": "02:00:00:00:00:09"}]),
+        json!("ptp-net@eth0"),
+        json!([{"name": "ptp-net", "default-route": ["198.18.2.1", "198.18.2.2"]}]),
+    ];
+    for (i, annotation) in cases.iter().enumerate() {
+        let pod = format!("p{i}");
+        let text = annotation
+            .as_str()
+            .map_or_else(|| annotation.to_string(), String::from);
+        let uid = k.pod(&pod, json!({"k8s.v1.cni.cncf.io/networks": text}));
+        k.api.take_requests();
+        let (ok, doc) = explain(
+            &k,
+            &conf_file,
+            &["--pod", &format!("{NS}/{pod}"), "--uid", &uid],
+        );
+        let requests = k.api.take_requests();
+        assert!(
+            requests.iter().all(|r| r.starts_with("GET ")),
+            "only reads: {requests:?}"
+        );
+        assert_eq!(k.w.calls(), Vec::<String>::new(), "no delegate ran");
+        assert_eq!(k.w.cache_files(), Vec::<String>::new(), "no record written");
+        let add = k.run("ADD", &conf, &pod, &uid);
+        if add.ok {
+            assert!(ok && doc["error"].is_null(), "{text}: {doc}");
+            let mut links: Vec<String> = interfaces(&doc).into_iter().map(|(i, _)| i).collect();
+            links.sort();
+            assert_eq!(k.w.pod.links(), links, "{text}");
+            let status: Vec<(String, String)> = k
+                .status(&pod)
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    (
+                        e["interface"].as_str().unwrap().into(),
+                        e["name"].as_str().unwrap().into(),
+                    )
+                })
+                .collect();
+            assert_eq!(interfaces(&doc), status, "{text}");
+            k.run("DEL", &conf, &pod, &uid).success();
+        } else {
+            let err = add.failure();
+            assert!(!ok, "{text}: explain must exit non-zero");
+            assert_eq!(doc["error"]["code"], err["code"], "{text}");
+            assert_eq!(doc["error"]["msg"], err["msg"], "{text}");
+        }
+        k.assert_clean();
+        std::fs::remove_file(k.w.dir.join("calls.log")).ok();
+    }
+    // A pod the API does not know: ADD attaches the cluster network only, with a warning; so
+    // does explain, and says so.
+    let (ok, doc) = explain(&k, &conf_file, &["--pod", &format!("{NS}/ghost")]);
+    assert!(ok, "{doc}");
+    assert_eq!(
+        interfaces(&doc),
+        [("eth0".to_string(), "cluster".to_string())]
+    );
+    assert!(
+        doc["warnings"][0].as_str().unwrap().contains("not found"),
+        "{doc}"
+    );
+}
+
+#[test]
+fn explain_offline_from_nad_files_shows_plugins_masters_and_policy() {
+    let k = Kube::new("k8offline");
+    let mut conf = k.conf();
+    conf["nadPolicy"] = json!([{"namespaces": ["*"], "master": ["mvm*"]}]);
+    let conf_file = k.w.dir.join("multihome.conflist");
+    // A conflist, as a runtime reads it: name and cniVersion come from the list.
+    let mut plugin = conf.clone();
+    let obj = plugin.as_object_mut().unwrap();
+    obj.remove("name");
+    obj.remove("cniVersion");
+    write_json(
+        &conf_file,
+        &json!({"cniVersion": "1.0.0", "name": "multihome", "plugins": [plugin]}),
+    );
+    let nad = k.w.dir.join("mv.yaml");
+    std::fs::write(
+        &nad,
+        format!(
+            "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata:\n  name: mv\nspec:\n  config: '{}'\n",
+            k.w.macvlan_net("1.0.0", "mvm0")
+        ),
+    )
+    .unwrap();
+    let gone = k.w.dir.join("gone.json");
+    std::fs::write(
+        &gone,
+        json!({"metadata": {"name": "gone", "namespace": "apps"}, "spec": {"config": k.w.macvlan_net("1.0.0", "nic9").to_string()}}).to_string(),
+    )
+    .unwrap();
+    let (ok, doc) = explain(
+        &k,
+        conf_file.to_str().unwrap(),
+        &[
+            "--namespace",
+            "apps",
+            "--annotation",
+            r#"[{"name": "mv", "interface": "st0", "default-route": []}]"#,
+            "--nad",
+            nad.to_str().unwrap(),
+            "--nad",
+            gone.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{doc}");
+    assert_eq!(
+        interfaces(&doc),
+        [
+            ("eth0".to_string(), "cluster".to_string()),
+            ("st0".to_string(), "apps/mv".to_string())
+        ]
+    );
+    let mv = &doc["attachments"][1];
+    assert_eq!(mv["plugins"][0]["type"], "macvlan");
+    assert_eq!(mv["plugins"][0]["path"], "/usr/lib/cni/macvlan");
+    assert!(
+        mv["plugins"][0]["cniArgs"]
+            .as_str()
+            .unwrap()
+            .contains("K8S_POD_NAMESPACE=apps")
+    );
+    assert_eq!(
+        mv["hostInterfaces"],
+        json!([{"key": "master", "name": "mvm0", "exists": true}])
+    );
+    assert_eq!(mv["defaultRoute"], json!([]));
+    assert!(
+        mv["policy"].as_str().unwrap().contains("nadPolicy rule 0"),
+        "{mv}"
+    );
+    assert!(
+        mv["source"]
+            .as_str()
+            .unwrap()
+            .contains("NetworkAttachmentDefinition apps/mv")
+    );
+    // The master a policy does not allow: the error ADD would give.
+    let (ok, doc) = explain(
+        &k,
+        conf_file.to_str().unwrap(),
+        &[
+            "--namespace",
+            "apps",
+            "--annotation",
+            "gone",
+            "--nad",
+            gone.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok);
+    assert_eq!(doc["error"]["code"], 7);
+    assert!(
+        doc["error"]["msg"]
+            .as_str()
+            .unwrap()
+            .contains(r#""master" "nic9""#),
+        "{doc}"
+    );
+    // The readable table says the same.
+    let (_, table, _) = run_tool(
+        &k.w.host.name,
+        &[
+            "explain",
+            "--config",
+            conf_file.to_str().unwrap(),
+            "--namespace",
+            "apps",
+            "--annotation",
+            "mv",
+            "--nad",
+            nad.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        table.contains("apps/mv") && table.contains("mvm0 (present)"),
+        "{table}"
+    );
+}
+
+#[test]
+fn attachments_lists_the_records_and_marks_the_stale_ones() {
+    let k = Kube::new("k8attach");
+    let conf = k.conf();
+    let conf_file = k.w.dir.join("00-multihome.conf");
+    write_json(&conf_file, &conf);
+    let cf = conf_file.to_str().unwrap();
+    let uid = k.pod("web", json!({"k8s.v1.cni.cncf.io/networks": "ptp-net"}));
+    k.run("ADD", &conf, "web", &uid).success();
+    let (ok, out, err) = run_tool(&k.w.host.name, &["attachments", "--config", cf, "--json"]);
+    assert!(ok, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    let r = &doc["records"][0];
+    assert_eq!(r["containerID"], k.w.container_id.as_str());
+    assert_eq!(
+        (r["network"].as_str(), r["ifname"].as_str()),
+        (Some("multihome"), Some("eth0"))
+    );
+    assert_eq!(r["stale"], false);
+    let ifs: Vec<&str> = r["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["interface"].as_str().unwrap())
+        .collect();
+    assert_eq!(ifs, ["eth0", "net1"]);
+    let ip = crate::kubernetes::ip_of(&k.w, "net1");
+    assert!(
+        r["attachments"][1]["ips"][0]
+            .as_str()
+            .unwrap()
+            .starts_with(&ip),
+        "{r}"
+    );
+    assert!(r["added"].as_str().is_some());
+    let (_, out, _) = run_tool(
+        &k.w.host.name,
+        &[
+            "attachments",
+            "--config",
+            cf,
+            "--container",
+            "other",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["records"],
+        json!([])
+    );
+    // The pod's namespace gone without a DEL: stale.
+    crate::harness::sh(&["ip", "netns", "del", &k.w.pod.name]);
+    let (_, out, _) = run_tool(&k.w.host.name, &["attachments", "--config", cf, "--json"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["records"][0]["stale"],
+        true
+    );
+    let (_, table, _) = run_tool(&k.w.host.name, &["attachments", "--config", cf]);
+    assert!(table.contains("STALE") && table.contains("net1"), "{table}");
+    k.run("DEL", &conf, "web", &uid).success();
+    let (_, out, _) = run_tool(&k.w.host.name, &["attachments", "--config", cf, "--json"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["records"],
+        json!([])
+    );
+}
