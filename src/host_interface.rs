@@ -335,12 +335,18 @@ mod tests {
                 name: "lo".into(),
                 mac: None,
                 mtu: Some(65536),
+                kind: None,
+                state: "unknown".into(),
+                master: None,
             },
             Link {
                 index: 5,
                 name: "ens5".into(),
                 mac: Some("02:aa:bb:cc:dd:05".into()),
                 mtu: Some(9000),
+                kind: None,
+                state: "up".into(),
+                master: None,
             },
         ]
     }

@@ -10,7 +10,8 @@ use anyhow::{Context, Result};
 use futures_util::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::AddressFamily;
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
 };
@@ -30,6 +31,12 @@ pub struct Link {
     pub mac: Option<String>,
     /// MTU.
     pub mtu: Option<u32>,
+    /// Its kind (`veth`, `bridge`, `macvlan`, ...); `None` for a physical device.
+    pub kind: Option<String>,
+    /// Operational state (`up`, `down`, `lowerlayerdown`, ...).
+    pub state: String,
+    /// The index of the link it is enslaved to (a bridge, a bond).
+    pub master: Option<u32>,
 }
 
 impl Link {
@@ -39,9 +46,20 @@ impl Link {
             name: String::new(),
             mac: None,
             mtu: None,
+            kind: None,
+            state: "unknown".into(),
+            master: None,
         };
         for attr in msg.attributes {
             match attr {
+                LinkAttribute::OperState(s) => link.state = format!("{s:?}").to_lowercase(),
+                LinkAttribute::Controller(i) => link.master = Some(i),
+                LinkAttribute::LinkInfo(infos) => {
+                    link.kind = infos.into_iter().find_map(|i| match i {
+                        LinkInfo::Kind(k) => Some(k.to_string()),
+                        _ => None,
+                    });
+                }
                 LinkAttribute::IfName(n) => link.name = n,
                 LinkAttribute::Address(a) if !a.is_empty() => {
                     link.mac = Some(
@@ -65,6 +83,32 @@ pub async fn links(h: &Handle) -> Result<Vec<Link>> {
     let mut out = Vec::new();
     while let Some(msg) = stream.try_next().await.context("listing links")? {
         out.push(Link::from_message(msg));
+    }
+    Ok(out)
+}
+
+/// Every address of the namespace: link index and address with prefix.
+pub async fn addresses(h: &Handle) -> Result<Vec<(u32, IpNetwork)>> {
+    let mut stream = h.address().get().execute();
+    let mut out = Vec::new();
+    while let Some(msg) = stream.try_next().await.context("listing addresses")? {
+        // IFA_LOCAL is the address itself (IFA_ADDRESS is the peer on point-to-point links).
+        let ip = msg
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            })
+            .or_else(|| {
+                msg.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })
+            });
+        if let Some(net) = ip.and_then(|ip| IpNetwork::new(ip, msg.header.prefix_len).ok()) {
+            out.push((msg.header.index, net));
+        }
     }
     Ok(out)
 }

@@ -292,3 +292,78 @@ fn attachments_lists_the_records_and_marks_the_stale_ones() {
         json!([])
     );
 }
+
+#[test]
+fn node_state_sees_exactly_the_links_of_its_namespace_and_what_multihome_moved() {
+    let w = crate::harness::World::new("nodestate");
+    w.veth_master("mvm0");
+    let h = w.host.name.clone();
+    crate::harness::sh(&[
+        "ip", "-n", &h, "link", "add", "mvx", "link", "mvm0", "type", "macvlan", "mode", "bridge",
+    ]);
+    crate::harness::sh(&[
+        "ip", "-n", &h, "link", "add", "hif0", "type", "veth", "peer", "name", "hif0p",
+    ]);
+    let conf = w.conf(
+        "1.0.0",
+        vec![
+            w.cluster_net("1.0.0"),
+            json!({"cniVersion": "1.0.0", "name": "hi", "type": "host-interface", "device": "hif0p"}),
+        ],
+    );
+    w.run("ADD", &conf).success();
+    let conf_file = w.dir.join("00-multihome.conf");
+    write_json(&conf_file, &conf);
+    let (ok, out, err) = run_tool(
+        &h,
+        &[
+            "node-state",
+            "--config",
+            conf_file.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert!(ok, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    let ifs = doc["interfaces"].as_array().unwrap();
+    let by = |name: &str| {
+        ifs.iter()
+            .find(|i| i["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {doc}"))
+    };
+    for i in ifs {
+        let name = i["name"].as_str().unwrap();
+        let ours = ["lo", "mvm0", "mvm0p", "mvx", "hif0", "mhbr0"].contains(&name)
+            || (name.starts_with("veth") && i["master"] == "mhbr0");
+        assert!(ours, "{name} is not of this namespace's making: {i}");
+    }
+    assert_eq!(by("mvx")["kind"], "macvlan");
+    assert_eq!(by("mvm0")["kind"], "veth");
+    assert_eq!(by("mhbr0")["kind"], "bridge");
+    assert!(
+        by("mhbr0")["addresses"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("198.18.0.1/24")),
+        "{doc}"
+    );
+    assert!(
+        ifs.iter().all(|i| i["name"] != "hif0p"),
+        "moved into the pod"
+    );
+    let moved = &doc["movedIntoPods"];
+    assert_eq!(
+        (
+            moved[0]["hostLink"].as_str(),
+            moved[0]["interface"].as_str()
+        ),
+        (Some("hif0p"), Some("net1")),
+        "{moved}"
+    );
+    let (_, table, _) = run_tool(&h, &["node-state", "--config", conf_file.to_str().unwrap()]);
+    assert!(
+        table.contains("mvx") && table.contains("macvlan") && table.contains("hif0p is net1"),
+        "{table}"
+    );
+    w.run("DEL", &conf).success();
+}

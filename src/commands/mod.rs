@@ -4,6 +4,7 @@
 
 mod attachments;
 mod explain;
+mod node_state;
 mod version;
 
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ enum Verb {
     Explain(explain::Args),
     /// What is attached now, from multihome's records.
     Attachments(attachments::Args),
+    /// This namespace's links (the node's), for choosing masters and host interfaces.
+    NodeState(node_state::Args),
 }
 
 /// Runs the tool with the process's arguments. Without any, prints what the binary is to stderr
@@ -48,6 +51,7 @@ pub fn run() -> ExitCode {
         Verb::Version => version::version(),
         Verb::Explain(args) => explain::explain(args),
         Verb::Attachments(args) => attachments::attachments(args),
+        Verb::NodeState(args) => node_state::node_state(args),
     };
     outcome.unwrap_or_else(|e| {
         eprintln!("multihome: {}", CniError::from_anyhow(&e).msg);

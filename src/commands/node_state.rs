@@ -1,0 +1,138 @@
+//! `multihome node-state`: the links of the namespace it runs in (the node's, normally), for
+//! choosing masters and host interfaces: kind, state, MTU, MAC, master, addresses, and from
+//! sysfs the PCI address, driver and SR-IOV VFs; and the host interfaces multihome moved into
+//! pods (from its records). Read-only.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+
+use super::ConfigArg;
+use crate::cache::Cache;
+use crate::netlink;
+use crate::netns::NetNs;
+
+/// `node-state`'s arguments.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// One JSON document instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+/// Reports the namespace's links.
+pub fn node_state(args: Args) -> Result<ExitCode> {
+    let (_, conf) = args.config.load()?;
+    let (links, addresses) = NetNs::current()?
+        .with_netlink(
+            |h| async move { Ok((netlink::links(&h).await?, netlink::addresses(&h).await?)) },
+        )
+        .context("listing this namespace's links")?;
+    let sysfs = Path::new("/sys/class/net");
+    let interfaces: Vec<Value> = links
+        .iter()
+        .map(|l| {
+            let device = sysfs.join(&l.name).join("device");
+            let base = |p: &Path| {
+                std::fs::canonicalize(p)
+                    .ok()
+                    .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            };
+            let pci = std::fs::canonicalize(&device)
+                .ok()
+                .filter(|p| p.to_string_lossy().contains("/pci"))
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+            let read = |f: &str| {
+                std::fs::read_to_string(device.join(f))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok())
+            };
+            let sriov = read("sriov_totalvfs")
+                .map(|total| json!({"totalVfs": total, "numVfs": read("sriov_numvfs")}));
+            json!({
+                "name": l.name,
+                "index": l.index,
+                "kind": l.kind,
+                "state": l.state,
+                "mtu": l.mtu,
+                "mac": l.mac,
+                "master": l.master.and_then(|m| links.iter().find(|x| x.index == m)).map(|m| &m.name),
+                "addresses": addresses.iter().filter(|(i, _)| *i == l.index).map(|(_, a)| a.to_string()).collect::<Vec<_>>(),
+                "pciAddress": pci,
+                "driver": base(&device.join("driver")),
+                "sriov": sriov,
+            })
+        })
+        .collect();
+    let moved: Vec<Value> = Cache::new(&conf.cni_dir)
+        .records()?
+        .into_iter()
+        .filter_map(|(_, r)| r.ok())
+        .flat_map(|r| {
+            r.attachments
+                .iter()
+                .filter_map(|a| {
+                    a.host_link.as_ref().map(|h| {
+                        json!({"hostLink": h, "interface": a.attachment.ifname, "network": a.attachment.name,
+                               "containerID": r.container_id, "netns": r.netns})
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let doc = json!({"interfaces": interfaces, "movedIntoPods": moved});
+    if args.json {
+        println!("{doc:#}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let text = |v: &Value| match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    println!(
+        "{:<16} {:<9} {:<15} {:>6} {:<18} {:<12} {:<13} {}",
+        "NAME", "KIND", "STATE", "MTU", "MAC", "MASTER", "PCI", "ADDRESSES"
+    );
+    for i in doc["interfaces"].as_array().into_iter().flatten() {
+        let addrs: Vec<String> = i["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        let mut pci = text(&i["pciAddress"]);
+        if let Some(s) = i["sriov"].as_object() {
+            pci.push_str(&format!(
+                " ({}/{} VFs)",
+                text(&s["numVfs"]),
+                text(&s["totalVfs"])
+            ));
+        }
+        println!(
+            "{:<16} {:<9} {:<15} {:>6} {:<18} {:<12} {:<13} {}",
+            text(&i["name"]),
+            text(&i["kind"]),
+            text(&i["state"]),
+            text(&i["mtu"]),
+            text(&i["mac"]),
+            text(&i["master"]),
+            pci,
+            addrs.join(", ")
+        );
+    }
+    for m in doc["movedIntoPods"].as_array().into_iter().flatten() {
+        println!(
+            "\nmoved into a pod: {} is {} of container {} ({})",
+            text(&m["hostLink"]),
+            text(&m["interface"]),
+            text(&m["containerID"]),
+            text(&m["netns"])
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
