@@ -95,8 +95,8 @@ pub fn node_state(args: Args) -> Result<ExitCode> {
         other => other.to_string(),
     };
     println!(
-        "{:<16} {:<9} {:<15} {:>6} {:<18} {:<12} {:<13} {}",
-        "NAME", "KIND", "STATE", "MTU", "MAC", "MASTER", "PCI", "ADDRESSES"
+        "{:<16} {:<9} {:<15} {:>6} {:<18} {:<12} {:<13} ADDRESSES",
+        "NAME", "KIND", "STATE", "MTU", "MAC", "MASTER", "PCI"
     );
     for i in doc["interfaces"].as_array().into_iter().flatten() {
         let addrs: Vec<String> = i["addresses"]
