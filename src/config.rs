@@ -15,6 +15,7 @@ use crate::cni::env::is_valid_name;
 use crate::cni::version::Version;
 use crate::error::{CniError, Code, coded};
 use crate::k8s::Timeouts;
+use crate::logfile::LogOptions;
 use crate::policy::Rule;
 
 /// Default `confDir`, as in Multus.
@@ -149,8 +150,8 @@ pub struct NetConf {
     pub multus_namespace: String,
     /// `auxiliaryCNIChainName`.
     pub auxiliary_cni_chain_name: Option<String>,
-    /// `logOptions` (rotation settings; accepted for compatibility).
-    pub log_options: Map<String, Value>,
+    /// `logOptions`: rotation of `logFile`.
+    pub log_options: LogOptions,
     /// `apiConnectTimeout`, `apiTimeout` (seconds) and `apiAttempts`.
     pub api_timeouts: Timeouts,
     /// `delegateTimeout`: how long one delegate call may take before it is killed.
@@ -288,7 +289,7 @@ impl NetConf {
                 .multus_namespace
                 .unwrap_or_else(|| "kube-system".into()),
             auxiliary_cni_chain_name: wire.auxiliary_c_n_i_chain_name.filter(|s| !s.is_empty()),
-            log_options: wire.log_options,
+            log_options: LogOptions::parse(&wire.log_options)?,
             api_timeouts,
             delegate_timeout: seconds(
                 "delegateTimeout",

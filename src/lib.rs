@@ -27,6 +27,7 @@ pub mod error;
 pub mod flows;
 pub mod host_interface;
 pub mod k8s;
+pub mod logfile;
 pub mod logging;
 pub mod netlink;
 pub mod netns;
@@ -53,7 +54,12 @@ pub fn run(env: CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
         return Ok(Some(version_reply(requested)));
     }
     let conf = NetConf::parse(stdin)?;
-    logging::init(conf.log_level, conf.log_to_stderr, conf.log_file.as_deref())?;
+    logging::init(
+        conf.log_level,
+        conf.log_to_stderr,
+        conf.log_file.as_deref(),
+        &conf.log_options,
+    )?;
     if matches!(env.command, Command::Gc | Command::Status)
         && !conf.cni_version.supports_gc_status()
     {

@@ -2,10 +2,11 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use log::LevelFilter;
 
 use crate::config::LogLevel;
+use crate::logfile::{LogFile, LogOptions};
 
 fn filter(level: LogLevel) -> LevelFilter {
     match level {
@@ -17,7 +18,12 @@ fn filter(level: LogLevel) -> LevelFilter {
 }
 
 /// Installs the logger. Nothing is set up (and nothing costs) when no output is enabled.
-pub fn init(level: LogLevel, to_stderr: bool, file: Option<&Path>) -> Result<()> {
+pub fn init(
+    level: LogLevel,
+    to_stderr: bool,
+    file: Option<&Path>,
+    options: &LogOptions,
+) -> Result<()> {
     let level = filter(level);
     if level == LevelFilter::Off || (!to_stderr && file.is_none()) {
         return Ok(());
@@ -36,9 +42,8 @@ pub fn init(level: LogLevel, to_stderr: bool, file: Option<&Path>) -> Result<()>
         dispatch = dispatch.chain(std::io::stderr());
     }
     if let Some(path) = file {
-        dispatch = dispatch.chain(
-            fern::log_file(path).with_context(|| format!("opening logFile {}", path.display()))?,
-        );
+        let log: Box<dyn std::io::Write + Send> = Box::new(LogFile::open(path, options.clone())?);
+        dispatch = dispatch.chain(log);
     }
     // A second init in one process (tests, a future daemon) keeps the first logger.
     let _ = dispatch.apply();

@@ -367,3 +367,76 @@ fn node_state_sees_exactly_the_links_of_its_namespace_and_what_multihome_moved()
     );
     w.run("DEL", &conf).success();
 }
+
+/// Every line of `log` and its backups (`.N`, `.N.gz`).
+fn log_lines(dir: &std::path::Path, log: &str) -> (Vec<String>, usize) {
+    let mut lines = Vec::new();
+    let mut backups = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with(log) || name.ends_with(".lock") {
+            continue;
+        }
+        if name != log {
+            backups += 1;
+        }
+        let mut text = String::new();
+        let file = std::fs::File::open(&path).unwrap();
+        if name.ends_with(".gz") {
+            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(file), &mut text)
+                .unwrap();
+        } else {
+            std::io::Read::read_to_string(&mut { file }, &mut text).unwrap();
+        }
+        lines.extend(text.lines().map(String::from));
+    }
+    (lines, backups)
+}
+
+#[test]
+fn log_rotation_under_four_concurrent_writers_loses_no_line_and_keeps_max_backups() {
+    let w = crate::harness::World::new("logrot");
+    for (max_backups, phase) in [(100, "all"), (2, "few")] {
+        let log = format!("{phase}.log");
+        let mut conf = w.conf("1.0.0", vec![w.ptp_net("1.0.0")]);
+        conf["logFile"] = json!(w.dir.join(&log));
+        conf["logLevel"] = json!("error");
+        conf["logToStderr"] = json!(false);
+        conf["logOptions"] = json!({"maxSize": 0.004, "maxBackups": max_backups, "compress": true});
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (w, conf) = (&w, &conf);
+                s.spawn(move || {
+                    for i in 0..40 {
+                        // Fails at once (no such namespace) and logs exactly one line naming it.
+                        let cid = format!("{phase}-w{t}-{i}");
+                        w.run_with(
+                            "ADD",
+                            conf,
+                            &[("CNI_CONTAINERID", &cid), ("CNI_NETNS", "/nonexistent")],
+                        )
+                        .failure();
+                    }
+                });
+            }
+        });
+        let (lines, backups) = log_lines(&w.dir, &log);
+        assert!(
+            lines.iter().all(|l| l.contains("[error] multihome: ADD ")),
+            "torn or foreign lines"
+        );
+        if max_backups == 100 {
+            assert!(backups >= 3, "it rotated: {backups}");
+            for t in 0..4 {
+                for i in 0..40 {
+                    let cid = format!("{phase}-w{t}-{i}:");
+                    let n = lines.iter().filter(|l| l.contains(&cid)).count();
+                    assert_eq!(n, 1, "{cid} appears {n} times");
+                }
+            }
+        } else {
+            assert_eq!(backups, 2, "maxBackups");
+        }
+    }
+}
