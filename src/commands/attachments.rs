@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use super::ConfigArg;
+use super::{ConfigArg, cell};
 use crate::cache::{Cache, Record};
 use crate::cni::result::convert;
 use crate::cni::version::Version;
@@ -45,34 +45,33 @@ pub fn attachments(args: Args) -> Result<ExitCode> {
         println!("{doc:#}");
         return Ok(ExitCode::SUCCESS);
     }
-    let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
     println!("cniDir: {}", conf.cni_dir.display());
     for r in doc["records"].as_array().into_iter().flatten() {
         println!();
         println!(
             "{}  {} ({})  netns {}{}  added {}",
-            text(&r["containerID"]),
-            text(&r["network"]),
-            text(&r["ifname"]),
-            text(&r["netns"]),
+            cell(&r["containerID"]),
+            cell(&r["network"]),
+            cell(&r["ifname"]),
+            cell(&r["netns"]),
             if r["stale"] == true {
                 " [STALE: gone]"
             } else {
                 ""
             },
-            text(&r["added"]),
+            cell(&r["added"]),
         );
         for a in r["attachments"].as_array().into_iter().flatten() {
             let ips: Vec<String> = a["ips"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(text)
+                .map(cell)
                 .collect();
             println!(
                 "  {:<15} {:<30} {}{}",
-                text(&a["interface"]),
-                text(&a["network"]),
+                cell(&a["interface"]),
+                cell(&a["network"]),
                 ips.join(", "),
                 if a["added"] == true {
                     ""
@@ -83,7 +82,7 @@ pub fn attachments(args: Args) -> Result<ExitCode> {
         }
     }
     for u in doc["unreadable"].as_array().into_iter().flatten() {
-        println!("\nunreadable: {}", text(&u["error"]));
+        println!("\nunreadable: {}", cell(&u["error"]));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use super::ConfigArg;
+use super::{ConfigArg, cell};
 use crate::annotations;
 use crate::cni::env::{CniEnv, Command, format_args};
 use crate::config::plugin_type;
@@ -231,22 +231,21 @@ fn describe(inv: &Invocation, att: &Attachment, links: &[String]) -> Value {
 }
 
 fn print_table(doc: &Value) {
-    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-    println!("config: {}", text(&doc["config"]));
-    println!("pod:    {}", text(&doc["pod"]));
+    println!("config: {}", cell(&doc["config"]));
+    println!("pod:    {}", cell(&doc["pod"]));
     for a in doc["attachments"].as_array().into_iter().flatten() {
         println!();
         println!(
             "{:<15} {}  (cniVersion {}; from {})",
-            text(&a["interface"]),
-            text(&a["network"]),
-            text(&a["cniVersion"]),
-            text(&a["source"])
+            cell(&a["interface"]),
+            cell(&a["network"]),
+            cell(&a["cniVersion"]),
+            cell(&a["source"])
         );
         for p in a["plugins"].as_array().into_iter().flatten() {
             let path = p["path"].as_str().unwrap_or("MISSING");
-            println!("  {:<13} {path}", text(&p["type"]));
-            println!("    CNI_ARGS       {}", text(&p["cniArgs"]));
+            println!("  {:<13} {path}", cell(&p["type"]));
+            println!("    CNI_ARGS       {}", cell(&p["cniArgs"]));
             if p["runtimeConfig"]
                 .as_object()
                 .is_some_and(|m| !m.is_empty())
@@ -255,7 +254,7 @@ fn print_table(doc: &Value) {
             }
         }
         if !a["device"].is_null() {
-            println!("  device         {}", text(&a["device"]));
+            println!("  device         {}", cell(&a["device"]));
         }
         if let Some(gws) = a["defaultRoute"].as_array() {
             if gws.is_empty() {
@@ -263,7 +262,7 @@ fn print_table(doc: &Value) {
                     "  default route  keeps its own delegate's default routes, drops the others"
                 );
             } else {
-                let list: Vec<String> = gws.iter().map(text).collect();
+                let list: Vec<String> = gws.iter().map(cell).collect();
                 println!("  default route  via {}", list.join(", "));
             }
         }
@@ -273,14 +272,14 @@ fn print_table(doc: &Value) {
             } else {
                 "NOT ON THIS NODE"
             };
-            println!("  {:<13}  {} ({state})", text(&h["key"]), text(&h["name"]));
+            println!("  {:<13}  {} ({state})", cell(&h["key"]), cell(&h["name"]));
         }
         if !a["policy"].is_null() {
-            println!("  policy         {}", text(&a["policy"]));
+            println!("  policy         {}", cell(&a["policy"]));
         }
     }
     for w in doc["warnings"].as_array().into_iter().flatten() {
-        println!("\nwarning: {}", text(w));
+        println!("\nwarning: {}", cell(w));
     }
     if let Some(e) = doc["error"].as_object() {
         println!(

@@ -59,6 +59,15 @@ pub fn run() -> ExitCode {
     })
 }
 
+/// A JSON value as a table cell: `-` for nothing, a string as it is.
+fn cell(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// `--config FILE`: multihome's config, by default the one a runtime would use from
 /// `/etc/cni/net.d`.
 #[derive(clap::Args)]

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use super::ConfigArg;
+use super::{ConfigArg, cell};
 use crate::cache::Cache;
 use crate::netlink;
 use crate::netns::NetNs;
@@ -89,11 +89,6 @@ pub fn node_state(args: Args) -> Result<ExitCode> {
         println!("{doc:#}");
         return Ok(ExitCode::SUCCESS);
     }
-    let text = |v: &Value| match v {
-        Value::Null => "-".to_string(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
     println!(
         "{:<16} {:<9} {:<15} {:>6} {:<18} {:<12} {:<13} ADDRESSES",
         "NAME", "KIND", "STATE", "MTU", "MAC", "MASTER", "PCI"
@@ -103,24 +98,24 @@ pub fn node_state(args: Args) -> Result<ExitCode> {
             .as_array()
             .into_iter()
             .flatten()
-            .map(text)
+            .map(cell)
             .collect();
-        let mut pci = text(&i["pciAddress"]);
+        let mut pci = cell(&i["pciAddress"]);
         if let Some(s) = i["sriov"].as_object() {
             pci.push_str(&format!(
                 " ({}/{} VFs)",
-                text(&s["numVfs"]),
-                text(&s["totalVfs"])
+                cell(&s["numVfs"]),
+                cell(&s["totalVfs"])
             ));
         }
         println!(
             "{:<16} {:<9} {:<15} {:>6} {:<18} {:<12} {:<13} {}",
-            text(&i["name"]),
-            text(&i["kind"]),
-            text(&i["state"]),
-            text(&i["mtu"]),
-            text(&i["mac"]),
-            text(&i["master"]),
+            cell(&i["name"]),
+            cell(&i["kind"]),
+            cell(&i["state"]),
+            cell(&i["mtu"]),
+            cell(&i["mac"]),
+            cell(&i["master"]),
             pci,
             addrs.join(", ")
         );
@@ -128,10 +123,10 @@ pub fn node_state(args: Args) -> Result<ExitCode> {
     for m in doc["movedIntoPods"].as_array().into_iter().flatten() {
         println!(
             "\nmoved into a pod: {} is {} of container {} ({})",
-            text(&m["hostLink"]),
-            text(&m["interface"]),
-            text(&m["containerID"]),
-            text(&m["netns"])
+            cell(&m["hostLink"]),
+            cell(&m["interface"]),
+            cell(&m["containerID"]),
+            cell(&m["netns"])
         );
     }
     Ok(ExitCode::SUCCESS)

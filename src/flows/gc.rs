@@ -9,8 +9,8 @@ use std::time::SystemTime;
 use anyhow::Result;
 use serde_json::Value;
 
-use super::{Invocation, static_networks};
-use crate::cache::{Cache, Lock, Record};
+use super::{Invocation, reported, static_networks};
+use crate::cache::{Lock, Record};
 use crate::config::{NetConf, NetworkConfig};
 use crate::error::{CniError, Code, coded};
 use crate::flows::del::teardown;
@@ -74,19 +74,8 @@ pub fn gc(inv: &Invocation) -> Result<()> {
             valid.contains(&(r.container_id.clone(), r.ifname.clone()))
         });
     }
-    forward(inv, &cache, &kept, &removed, &mut errors);
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(coded(
-            Code::Internal,
-            format!(
-                "GC failed for {} item(s): {}",
-                errors.len(),
-                errors.join(" | ")
-            ),
-        ))
-    }
+    forward(inv, &kept, &removed, &mut errors);
+    reported("GC", "item(s)", &errors)
 }
 
 fn note(errors: &mut Vec<String>, outcome: Result<()>) {
@@ -106,13 +95,7 @@ fn added_after(record: &Record, started: SystemTime) -> bool {
 /// GC of every delegate network multihome knows (from records, kept and removed, and from the
 /// config), once per network, with the attachments multihome gave it that are still valid.
 /// Networks below 1.1.0 or with `disableGC` get none.
-fn forward(
-    inv: &Invocation,
-    _cache: &Cache,
-    kept: &[Record],
-    removed: &[Record],
-    errors: &mut Vec<String>,
-) {
+fn forward(inv: &Invocation, kept: &[Record], removed: &[Record], errors: &mut Vec<String>) {
     let mut networks: BTreeMap<String, (NetworkConfig, Vec<Attachment>)> = BTreeMap::new();
     for (record, live) in kept
         .iter()

@@ -140,16 +140,21 @@ pub(crate) fn del_attachments(runner: &Runner, attachments: &[CachedAttachment])
                 })
         })
         .collect();
+    reported("DEL", "attachment(s)", &errors)
+}
+
+/// `Ok` when nothing failed, else one error listing every failure of `what` (the operations
+/// that go on past failures report them all at the end).
+pub(crate) fn reported(what: &str, items: &str, errors: &[String]) -> Result<()> {
     if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(coded(
-            Code::Internal,
-            format!(
-                "DEL failed for {} attachment(s): {}",
-                errors.len(),
-                errors.join(" | ")
-            ),
-        ))
+        return Ok(());
     }
+    Err(coded(
+        Code::Internal,
+        format!(
+            "{what} failed for {} {items}: {}",
+            errors.len(),
+            errors.join(" | ")
+        ),
+    ))
 }
