@@ -6,7 +6,7 @@
 # removed on exit. Needs root.
 set -euo pipefail
 
-bin=${MULTIHOME:-target/release/multihome}
+bin=${MULTIHOME:-target/$(rustc -vV | sed -n 's/^host: //p')/release/multihome}
 tag="mhdemo-$$"
 host="$tag-host"
 pod="$tag-pod"
