@@ -453,7 +453,7 @@ pub fn plugin_type(plugin: &Value) -> Result<&str> {
 const CONFIG_EXTENSIONS: [&str; 3] = ["conf", "conflist", "json"];
 
 /// The config files of a directory, sorted by name (as libcni's `ConfFiles`).
-fn config_files(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn config_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let entries =
         std::fs::read_dir(dir).with_context(|| format!("reading directory {}", dir.display()))?;
     let mut files: Vec<PathBuf> = entries

@@ -53,6 +53,8 @@ struct State {
     delays: VecDeque<(&'static str, u64)>,
     /// Requests held so far.
     delayed: usize,
+    /// The valid bearer token once rotated (the one in `Credentials` until then).
+    token: Option<String>,
 }
 
 /// The PEM material a client needs.
@@ -312,6 +314,15 @@ impl ApiServer {
         self.state.lock().unwrap().faults.push_back(fault);
     }
 
+    /// Issues a new bearer token and revokes the old one (a bound service-account token
+    /// expiring); returns the new one.
+    pub fn rotate_token(&self) -> String {
+        let mut st = self.state.lock().unwrap();
+        let token = format!("token-rotated-{}", st.resource_version + 1);
+        st.token = Some(token.clone());
+        token
+    }
+
     /// Holds the next request whose path contains `path_contains` for `ms` before answering it
     /// (a slow API server, or a moment to kill the client in).
     pub fn delay(&self, path_contains: &'static str, ms: u64) {
@@ -479,12 +490,13 @@ fn handle(
         return (f.code, status(f.code, reason, "injected fault"), extra);
     }
     // Authentication, then authorization.
+    let valid = st.token.clone().unwrap_or_else(|| tokens.0.clone());
     match req
         .headers
         .get("authorization")
         .and_then(|a| a.strip_prefix("Bearer "))
     {
-        Some(t) if t == tokens.0 => {}
+        Some(t) if t == valid => {}
         Some(t) if t == tokens.1 => {
             let msg = format!(
                 "User \"system:serviceaccount:kube-system:nobody\" cannot {} resource at {}",

@@ -7,6 +7,7 @@
 mod apiserver;
 mod harness;
 mod host_interface;
+mod install;
 
 mod binary;
 mod core_flows;

@@ -1,9 +1,11 @@
 //! The command-line tool: what the binary is when no `CNI_COMMAND` is set. One module per verb,
-//! each with one entry function; all of them only read. The CNI path never gets here, so it pays
+//! each with one entry function; all but `install` only read. The CNI path never gets here, so it pays
 //! nothing for the argument parser.
 
 mod attachments;
 mod explain;
+mod install;
+mod install_watch;
 mod node_state;
 mod version;
 
@@ -28,6 +30,8 @@ struct Cli {
 enum Verb {
     /// The version, and the CNI spec versions spoken.
     Version,
+    /// The DaemonSet's entrypoint: install the binary, kubeconfig and config, keep them current.
+    Install(install::Args),
     /// What ADD would attach for a pod, from the API or given by hand; changes nothing.
     Explain(explain::Args),
     /// What is attached now, from multihome's records.
@@ -49,6 +53,7 @@ pub fn run() -> ExitCode {
     }
     let outcome = match Cli::parse().verb {
         Verb::Version => version::version(),
+        Verb::Install(args) => install::install(args),
         Verb::Explain(args) => explain::explain(args),
         Verb::Attachments(args) => attachments::attachments(args),
         Verb::NodeState(args) => node_state::node_state(args),

@@ -1,0 +1,95 @@
+//! `multihome install` after the first install: watch the primary config's directory and the
+//! service account's (inotify, through notify) and rewrite what changed, until SIGTERM or
+//! SIGINT. kubelet rotates a projected service-account token by swapping the `..data` symlink
+//! of that directory, so a watch on the token file itself would never fire: the directory is
+//! watched.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nix::sys::signal::{SigSet, Signal};
+use notify::{RecursiveMode, Watcher};
+
+use super::install::{Args, generate, log, write_kubeconfig};
+
+enum Wake {
+    Changed,
+    Signal(Signal),
+}
+
+/// Keeps the kubeconfig's token and CA and the generated config current until a signal.
+pub fn watch(args: &Args, config: &Path) -> Result<()> {
+    // Taken by sigwait on a thread of our own: blocked here before any thread starts, so every
+    // thread inherits the mask and none is interrupted.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals
+        .thread_block()
+        .context("blocking SIGTERM and SIGINT")?;
+    let (tx, rx) = mpsc::channel();
+    let on_signal = tx.clone();
+    std::thread::spawn(move || {
+        if let Ok(sig) = signals.wait() {
+            let _ = on_signal.send(Wake::Signal(sig));
+        }
+    });
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.send(Wake::Changed);
+        }
+    })
+    .context("starting the file watcher")?;
+    if args.skip_config_watch {
+        log("not watching (--skip-config-watch)");
+    } else {
+        let primary_dir = args
+            .multus_autoconfig_dir
+            .as_ref()
+            .unwrap_or(&args.cni_conf_dir);
+        for dir in [primary_dir, &args.service_account_dir] {
+            if dir.is_dir() {
+                watcher
+                    .watch(dir, RecursiveMode::NonRecursive)
+                    .with_context(|| format!("watching {}", dir.display()))?;
+                log(&format!("watching {}", dir.display()));
+            }
+        }
+    }
+    loop {
+        let mut wake = rx.recv().context("the watcher stopped")?;
+        if let Wake::Changed = wake {
+            // One burst of events (a rename, kubelet's swap of three entries) is one update.
+            std::thread::sleep(Duration::from_millis(200));
+            while let Ok(next) = rx.try_recv() {
+                if let Wake::Signal(_) = next {
+                    wake = next;
+                    break;
+                }
+            }
+        }
+        match wake {
+            Wake::Signal(sig) => {
+                log(&format!(
+                    "{sig}: exiting{}",
+                    if args.cleanup_config_on_exit {
+                        String::new()
+                    } else {
+                        format!(", {} stays in place", config.display())
+                    }
+                ));
+                return Ok(());
+            }
+            Wake::Changed => {
+                if let Err(e) = write_kubeconfig(args) {
+                    log(&format!("kubeconfig: {e:#}"));
+                }
+                if let Err(e) = generate(args) {
+                    log(&format!("config: {e:#}"));
+                }
+            }
+        }
+    }
+}
