@@ -8,7 +8,7 @@ TARGET ?= $(shell rustc -vV | sed -n 's/^host: //p')
 STATIC_RUSTFLAGS := -C target-feature=+crt-static -C relocation-model=static
 BIN := target/$(TARGET)/release/multihome
 
-.PHONY: all build deps demo test unit lint install clean bench fuzz static-check
+.PHONY: all build deps demo test unit lint install clean bench fuzz static-check image image-check manifests
 
 all: build
 
@@ -60,3 +60,18 @@ fuzz:
 	  $(CARGO) +nightly fuzz run --fuzz-dir tests/fuzz $$t tests/fuzz/corpus/$$t tests/fuzz/seeds/$$t \
 	    -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
+
+## image: the container image from the static binary (podman, offline, FROM scratch)
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+image: build
+	tmp=$$(mktemp -d) && cp $(BIN) $$tmp/multihome && \
+	podman build -t localhost/multihome:$(VERSION) -f conf/Containerfile $$tmp; \
+	rc=$$?; rm -rf $$tmp; exit $$rc
+
+## image-check: build the image and run its `install --once` against a test-made host root
+image-check: build
+	scripts/image-check.sh $(BIN)
+
+## manifests: validate conf/ against the Kubernetes schemas and the NAD CRD, offline
+manifests:
+	scripts/validate-manifests.sh

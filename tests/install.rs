@@ -277,6 +277,25 @@ fn bad_inputs_are_clear_errors_naming_the_file_and_nothing_is_half_written() {
         "{log}"
     );
     assert!(!root.generated().exists(), "never an empty config");
+    // The tenant policy from a file (the DaemonSet's ConfigMap): checked, then carried over.
+    let root = Root::new(&k, Some(&primary(&k, false)));
+    let policy = k.w.dir.join("nad-policy.json");
+    std::fs::write(&policy, r#"[{"namespaces": ["*"], "masters": []}]"#).unwrap();
+    let (ok, log) = once(&k, &root, &["--nad-policy", policy.to_str().unwrap()]);
+    assert!(
+        !ok && log.contains("nad-policy.json") && log.contains("masters"),
+        "{log}"
+    );
+    assert!(!root.generated().exists());
+    std::fs::write(&policy, r#"[{"namespaces": ["*"], "master": ["ens*"]}]"#).unwrap();
+    let (ok, log) = once(&k, &root, &["--nad-policy", policy.to_str().unwrap()]);
+    assert!(ok, "{log}");
+    let generated: Value =
+        serde_json::from_slice(&std::fs::read(root.generated()).unwrap()).unwrap();
+    assert_eq!(
+        generated["plugins"][0]["nadPolicy"][0]["master"],
+        json!(["ens*"])
+    );
     // An unwritable bin dir.
     let root = Root::new(&k, Some(&primary(&k, false)));
     std::fs::remove_dir(&root.bin).unwrap();

@@ -99,6 +99,9 @@ pub struct Args {
     /// The pod's service-account directory (token, ca.crt)
     #[arg(long, default_value = crate::k8s::access::SERVICE_ACCOUNT_DIR)]
     pub(super) service_account_dir: PathBuf,
+    /// nadPolicy in the generated config, from this JSON file (see README, "Security")
+    #[arg(long, value_name = "FILE")]
+    nad_policy: Option<PathBuf>,
     /// How long to wait for a primary CNI config before giving up, in seconds
     #[arg(long, default_value = "120")]
     primary_timeout: u64,
@@ -106,15 +109,21 @@ pub struct Args {
 
 /// Installs; then keeps the files current unless `--once` or `--skip-config-watch`.
 pub fn install(args: Args) -> Result<ExitCode> {
+    // A SIGTERM during the first install waits for it to finish, then ends the watch.
+    let signals = if args.once {
+        None
+    } else {
+        Some(super::install_watch::block_signals()?)
+    };
     if !args.skip_multus_binary_copy {
         copy_binary(&args.cni_bin_dir)?;
     }
     write_kubeconfig(&args)?;
     let config = generate(&args)?;
-    if args.once {
+    let Some(signals) = signals else {
         return Ok(ExitCode::SUCCESS);
-    }
-    super::install_watch::watch(&args, &config)?;
+    };
+    super::install_watch::watch(&args, &config, signals)?;
     if args.cleanup_config_on_exit {
         match fs::remove_file(&config) {
             Ok(()) => log(&format!("removed {}", config.display())),
@@ -426,6 +435,23 @@ fn render(args: &Args, primary: &Path) -> Result<(Vec<u8>, String)> {
     }
     if args.namespace_isolation {
         plugin["namespaceIsolation"] = json!(true);
+    }
+    if let Some(file) = &args.nad_policy {
+        let text =
+            fs::read(file).with_context(|| format!("reading --nad-policy {}", file.display()))?;
+        let policy: Value = serde_json::from_slice(&text).map_err(|e| {
+            coded(
+                Code::Decode,
+                format!("--nad-policy {}: not valid JSON: {e}", file.display()),
+            )
+        })?;
+        serde_json::from_value::<Vec<crate::policy::Rule>>(policy.clone()).map_err(|e| {
+            coded(
+                Code::InvalidConfig,
+                format!("--nad-policy {}: {e}", file.display()),
+            )
+        })?;
+        plugin["nadPolicy"] = policy;
     }
     let (doc, ext) = if parsed >= crate::cni::version::Version::new(1, 0, 0) {
         (

@@ -19,16 +19,21 @@ enum Wake {
     Signal(Signal),
 }
 
-/// Keeps the kubeconfig's token and CA and the generated config current until a signal.
-pub fn watch(args: &Args, config: &Path) -> Result<()> {
-    // Taken by sigwait on a thread of our own: blocked here before any thread starts, so every
-    // thread inherits the mask and none is interrupted.
+/// Blocks SIGTERM and SIGINT, to be taken by [`watch`] with sigwait on a thread of its own.
+/// Called before any thread starts, so that every thread inherits the mask.
+pub fn block_signals() -> Result<SigSet> {
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
     signals
         .thread_block()
         .context("blocking SIGTERM and SIGINT")?;
+    Ok(signals)
+}
+
+/// Keeps the kubeconfig's token and CA and the generated config current until one of the
+/// blocked `signals`.
+pub fn watch(args: &Args, config: &Path, signals: SigSet) -> Result<()> {
     let (tx, rx) = mpsc::channel();
     let on_signal = tx.clone();
     std::thread::spawn(move || {
@@ -58,8 +63,9 @@ pub fn watch(args: &Args, config: &Path) -> Result<()> {
             }
         }
     }
+    // What changed between the first install and the watch: caught up once (a no-op otherwise).
+    let mut wake = Wake::Changed;
     loop {
-        let mut wake = rx.recv().context("the watcher stopped")?;
         if let Wake::Changed = wake {
             // One burst of events (a rename, kubelet's swap of three entries) is one update.
             std::thread::sleep(Duration::from_millis(200));
@@ -91,5 +97,6 @@ pub fn watch(args: &Args, config: &Path) -> Result<()> {
                 }
             }
         }
+        wake = rx.recv().context("the watcher stopped")?;
     }
 }
