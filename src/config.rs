@@ -819,6 +819,22 @@ mod tests {
         assert_eq!(back, n);
     }
 
+    /// Found by the delegate_config fuzz target: without serde_json's exact float parsing, a
+    /// long decimal read back from the cache differed from the config in its last bit.
+    #[test]
+    fn numbers_survive_the_cache_round_trip_exactly() {
+        let n = NetworkConfig::from_value(
+            serde_json::from_str(
+                r#"{"name":"br","type":"bridge","x":16666666666666666666666666000.0066666}"#,
+            )
+            .unwrap(),
+            v("1.0.0"),
+        )
+        .unwrap();
+        let back: NetworkConfig = serde_json::from_slice(&serde_json::to_vec(&n).unwrap()).unwrap();
+        assert_eq!(back, n);
+    }
+
     #[test]
     fn resolves_files_directories_and_names() {
         let dir = std::env::temp_dir().join(format!("mh-config-test-{}", std::process::id()));
