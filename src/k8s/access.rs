@@ -207,9 +207,19 @@ fn pick<T>(
         .find(|(n, _)| n == name)
         .map(|(_, item)| item)
         .ok_or_else(|| {
+            // A context's `user` may be a token pasted into the wrong field (found by the
+            // kubeconfig fuzz target): that reference is never repeated.
+            let named = if what == "user" {
+                String::new()
+            } else {
+                format!(" named {name:?}")
+            };
             coded(
                 Code::InvalidConfig,
-                format!("kubeconfig {}: no {what} named {name:?}", path.display()),
+                format!(
+                    "kubeconfig {}: the current context's {what}{named} is not defined in the file",
+                    path.display()
+                ),
             )
         })
 }
@@ -433,7 +443,7 @@ mod tests {
         let cases = [
             (
                 "current-context: nope\ncontexts: []\nclusters: []\n",
-                "no context named \"nope\"",
+                "context named \"nope\" is not defined",
             ),
             (
                 "clusters: [{name: c, cluster: {server: ''}}]\n",
