@@ -4,12 +4,11 @@
 //! container in cniDir.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::apiserver::Fault;
-use crate::harness::{World, write_json};
+use crate::harness::{World, wait_until, write_json};
 use crate::kubernetes::Kube;
 
 fn assert_clean(w: &World) {
@@ -171,17 +170,6 @@ fn a_read_only_cni_dir_refuses_add_and_del_still_releases_what_was_added() {
     );
     assert_eq!(w.pod.links(), Vec::<String>::new());
     assert_eq!(w.all_reserved_ips(), vec![]);
-}
-
-fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{what} never happened"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

@@ -2,12 +2,11 @@
 //! that costs nothing when nothing is recorded: the built binary, real plugins, and a 1.1.0 stub
 //! delegate that records the calls it gets.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Netns, World};
+use crate::harness::{Netns, World, wait_until};
 
 const STUB: &str = "stub11";
 
@@ -45,18 +44,6 @@ fn calls_of(w: &World, command: &str) -> Vec<String> {
         .into_iter()
         .filter(|c| c.starts_with(&format!("{command} ")))
         .collect()
-}
-
-fn wait_for(path: &Path) {
-    let start = Instant::now();
-    while !path.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Waits until process `pid` is gone (or a zombie); fails after 20 s.
@@ -380,7 +367,7 @@ fn a_killed_add_leaves_a_record_from_which_del_releases_everything() {
     let conf = conf(&w);
     std::fs::write(w.dir.join("stub.block"), b"").unwrap();
     let mut add = w.spawn_with("ADD", &conf, &[]);
-    wait_for(&w.dir.join("stub.pid"));
+    wait_until("the stub's ADD", || w.dir.join("stub.pid").exists());
     // The cluster network is added, the stub is under way: the runtime gives up.
     add.kill().unwrap();
     add.wait().unwrap();

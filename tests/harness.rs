@@ -479,6 +479,18 @@ pub fn run_tool(netns: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Waits until `done` holds; fails the test after 20 s naming `what`.
+pub fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "{what} never happened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Writes an executable `/bin/sh` script.
 pub fn write_script(path: &Path, body: &str) {
     use std::os::unix::fs::PermissionsExt;

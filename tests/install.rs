@@ -5,11 +5,11 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::write_json;
+use crate::harness::{wait_until, write_json};
 use crate::kubernetes::{Kube, NS};
 
 struct Root {
@@ -124,17 +124,6 @@ fn spawn(k: &Kube, root: &Root, extra: &[&str]) -> Child {
     let mut args = root.args();
     args.extend(extra.iter().map(|s| s.to_string()));
     install(k, &args).stderr(Stdio::null()).spawn().unwrap()
-}
-
-fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{what} never happened"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn mode(p: &Path) -> u32 {
