@@ -8,7 +8,7 @@ TARGET ?= $(shell rustc -vV | sed -n 's/^host: //p')
 STATIC_RUSTFLAGS := -C target-feature=+crt-static -C relocation-model=static
 BIN := target/$(TARGET)/release/multihome
 
-.PHONY: all build deps demo test unit lint install clean bench fuzz static-check image image-check manifests
+.PHONY: all build instructions deps demo test unit lint install clean bench fuzz static-check image image-check manifests
 
 all: build
 
@@ -18,6 +18,11 @@ build:
 ## static-check: the release binary is static, runs in an empty root, resolves /etc/hosts names
 static-check: build
 	scripts/check-static.sh $(BIN)
+
+## instructions: what the release binary itself executes for VERSION, ADD and DEL (callgrind,
+## three stub delegates; deterministic), and its size
+instructions: build
+	scripts/instructions.sh $(BIN)
 
 deps:
 	scripts/install-deps.sh

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use futures_util::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::AddressFamily;
@@ -19,6 +19,26 @@ use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 /// EEXIST as netlink reports it.
 const EEXIST: i32 = -17;
+
+/// Every rtnetlink error leaves this module through here. rtnetlink's own `Display` prints an
+/// unexpected reply with `{:?}`, and handing it to anyhow would link the `Debug` code of every
+/// netlink message type into the binary (about 0.3 MB) for a message nobody can act on.
+fn lean(e: rtnetlink::Error) -> anyhow::Error {
+    use rtnetlink::Error as E;
+    match e {
+        E::NetlinkError(m) => m.to_io().into(),
+        E::UnexpectedMessage(m) => anyhow!(
+            "unexpected netlink reply (message type {})",
+            m.header.message_type
+        ),
+        E::RequestFailed => anyhow!("the netlink request failed"),
+        E::NamespaceError(s) => anyhow!("namespace error: {s}"),
+        E::InvalidHardwareAddress(a) => anyhow!("invalid hardware address {a:02x?}"),
+        E::InvalidIp(a) => anyhow!("invalid IP address {a:?}"),
+        E::InvalidAddress(ip, mask) => anyhow!("invalid address {ip:?}/{mask:?}"),
+        E::InvalidNla(s) => anyhow!("invalid netlink attribute: {s}"),
+    }
+}
 
 /// A network interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +101,12 @@ impl Link {
 pub async fn links(h: &Handle) -> Result<Vec<Link>> {
     let mut stream = h.link().get().execute();
     let mut out = Vec::new();
-    while let Some(msg) = stream.try_next().await.context("listing links")? {
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .map_err(lean)
+        .context("listing links")?
+    {
         out.push(Link::from_message(msg));
     }
     Ok(out)
@@ -91,7 +116,12 @@ pub async fn links(h: &Handle) -> Result<Vec<Link>> {
 pub async fn addresses(h: &Handle) -> Result<Vec<(u32, IpNetwork)>> {
     let mut stream = h.address().get().execute();
     let mut out = Vec::new();
-    while let Some(msg) = stream.try_next().await.context("listing addresses")? {
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .map_err(lean)
+        .context("listing addresses")?
+    {
         // IFA_LOCAL is the address itself (IFA_ADDRESS is the peer on point-to-point links).
         let ip = msg
             .attributes
@@ -124,6 +154,7 @@ pub async fn set_up(h: &Handle, index: u32) -> Result<()> {
         .set(LinkUnspec::new_with_index(index).up().build())
         .execute()
         .await
+        .map_err(lean)
         .context("setting link up")
 }
 
@@ -134,6 +165,7 @@ pub async fn move_link(h: &Handle, index: u32, target: &File, name: &str) -> Res
         .set(LinkUnspec::new_with_index(index).down().build())
         .execute()
         .await
+        .map_err(lean)
         .context("setting link down")?;
     let msg = LinkUnspec::new_with_index(index)
         .setns_by_fd(target.as_raw_fd())
@@ -143,6 +175,7 @@ pub async fn move_link(h: &Handle, index: u32, target: &File, name: &str) -> Res
         .set(msg)
         .execute()
         .await
+        .map_err(lean)
         .with_context(|| format!("moving link {index} to another namespace as {name}"))
 }
 
@@ -155,7 +188,9 @@ pub async fn add_address(h: &Handle, index: u32, addr: IpNetwork) -> Result<()> 
         .await
     {
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == EEXIST => Ok(()),
-        other => other.with_context(|| format!("adding address {addr}")),
+        other => other
+            .map_err(lean)
+            .with_context(|| format!("adding address {addr}")),
     }
 }
 
@@ -180,7 +215,9 @@ pub async fn add_route(
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == EEXIST => Ok(()),
         other => {
             let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
-            other.with_context(|| format!("adding route {dst}/{prefix}{via} on link {index}"))
+            other
+                .map_err(lean)
+                .with_context(|| format!("adding route {dst}/{prefix}{via} on link {index}"))
         }
     }
 }
@@ -205,7 +242,12 @@ pub async fn default_routes(h: &Handle) -> Result<Vec<DefaultRoute>> {
         let mut query = RouteMessageBuilder::<IpAddr>::new().build();
         query.header.address_family = family;
         let mut stream = h.route().get(query).execute();
-        while let Some(msg) = stream.try_next().await.context("listing routes")? {
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(lean)
+            .context("listing routes")?
+        {
             let table = msg.attributes.iter().find_map(|a| match a {
                 RouteAttribute::Table(t) => Some(*t),
                 _ => None,
@@ -248,5 +290,6 @@ pub async fn del_route(h: &Handle, route: &DefaultRoute) -> Result<()> {
         .del(route.message.clone())
         .execute()
         .await
+        .map_err(lean)
         .context("deleting a default route")
 }

@@ -1,5 +1,6 @@
-//! The command-line tool: `explain` agrees with the ADD it predicts and changes nothing;
-//! `attachments` shows the records; `node-state` sees the links of the namespace it runs in.
+//! The command-line tool: its help and usage errors; `explain` agrees with the ADD it predicts
+//! and changes nothing; `attachments` shows the records; `node-state` sees the links of the
+//! namespace it runs in.
 
 use serde_json::{Value, json};
 
@@ -439,4 +440,59 @@ fn log_rotation_under_four_concurrent_writers_loses_no_line_and_keeps_max_backup
             assert_eq!(backups, 2, "maxBackups");
         }
     }
+}
+
+/// The tool's command line as an operator meets it: help on stdout and exit 0, a usage error
+/// on stderr naming the option and exit 2 (as Go's and clap's parsers do), no verb run.
+#[test]
+fn help_and_usage_errors_exit_as_command_line_tools_do() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_multihome"))
+            .args(args)
+            .env_remove("CNI_COMMAND")
+            .output()
+            .expect("running multihome");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = run(&["--help"]);
+    assert_eq!(code, Some(0));
+    for verb in ["version", "install", "explain", "attachments", "node-state"] {
+        assert!(
+            out.contains(&format!("\n  {verb} ")),
+            "{verb} missing from:\n{out}"
+        );
+        let (code, help, _) = run(&[verb, "--help"]);
+        assert_eq!(code, Some(0));
+        assert!(help.contains(&format!("Usage: multihome {verb}")), "{help}");
+    }
+    let (_, help, _) = run(&["install", "--help"]);
+    for flag in [
+        "--multus-conf-file",
+        "--cleanup-config-on-exit",
+        "--once",
+        "--nad-policy",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from install --help");
+    }
+
+    let (code, out, err) = run(&["install", "--cni-conf-dir"]);
+    assert_eq!((code, out.as_str()), (Some(2), ""));
+    assert_eq!(
+        err,
+        "multihome install: missing argument for option '--cni-conf-dir'\n\
+         See `multihome install --help`.\n"
+    );
+    let (code, _, err) = run(&["instal", "--once"]);
+    assert_eq!(code, Some(2));
+    assert!(err.starts_with("multihome: no verb \"instal\""), "{err}");
+    let (code, out, _) = run(&["version"]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with(&format!(
+        "multihome {} (CNI spec ",
+        env!("CARGO_PKG_VERSION")
+    )));
 }

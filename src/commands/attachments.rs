@@ -7,27 +7,53 @@ use std::process::ExitCode;
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use super::{ConfigArg, cell};
+use super::cli::{self, Parser, config_help};
+use super::{Common, cell};
 use crate::cache::{Cache, Record};
 use crate::cni::result::convert;
 use crate::cni::version::Version;
 
+const HELP: &str = concat!(
+    "\
+What is attached now, from multihome's records.
+
+Usage: multihome attachments [OPTIONS]
+
+Options:
+",
+    config_help!(),
+    "      --container ID
+                     Only this container
+      --json         One JSON document instead of a table
+  -h, --help         Print help
+"
+);
+
 /// `attachments`' arguments.
-#[derive(clap::Args)]
+#[derive(Default)]
 pub struct Args {
-    #[command(flatten)]
-    config: ConfigArg,
-    /// Only this container
-    #[arg(long, value_name = "ID")]
+    common: Common,
     container: Option<String>,
-    /// One JSON document instead of a table
-    #[arg(long)]
-    json: bool,
+}
+
+impl Args {
+    /// Reads them; `None` when help was asked for instead.
+    pub(super) fn parse(p: &mut Parser) -> Result<Option<Args>> {
+        let mut args = Args::default();
+        let run = cli::options(p, HELP, |name, p| {
+            match name {
+                "container" => args.container = Some(cli::string(p)?),
+                _ => return args.common.take(name, p),
+            }
+            Ok(true)
+        })?;
+        Ok(run.map(|()| args))
+    }
 }
 
 /// Lists the records.
 pub fn attachments(args: Args) -> Result<ExitCode> {
-    let (_, conf) = args.config.load()?;
+    let (_, conf) = args.common.load()?;
     let cache = Cache::new(&conf.cni_dir);
     let mut records = Vec::new();
     let mut unreadable = Vec::new();
@@ -41,7 +67,7 @@ pub fn attachments(args: Args) -> Result<ExitCode> {
         }
     }
     let doc = json!({"cniDir": conf.cni_dir, "records": records, "unreadable": unreadable});
-    if args.json {
+    if args.common.json {
         println!("{doc:#}");
         return Ok(ExitCode::SUCCESS);
     }

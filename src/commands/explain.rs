@@ -7,10 +7,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use super::{ConfigArg, cell};
+use super::cli::{self, Parser, config_help};
+use super::{Common, cell};
 use crate::annotations;
 use crate::cni::env::{CniEnv, Command, format_args};
 use crate::config::plugin_type;
@@ -24,40 +25,90 @@ use crate::netns::NetNs;
 use crate::plan::{Attachment, filter_runtime_config};
 use crate::resolve::{Api, Kube, PodRef};
 
+const HELP: &str = concat!(
+    "\
+What ADD would attach for a pod, in the order ADD would run it, made by the code ADD uses; exits
+non-zero, with ADD's error, when ADD would fail. Changes nothing.
+
+Usage: multihome explain --pod NAMESPACE/NAME [OPTIONS]
+       multihome explain [--annotation NETWORKS] [--default-network NETWORK] [--nad FILE]... [OPTIONS]
+
+Options:
+",
+    config_help!(),
+    "      --pod NAMESPACE/NAME
+                     The pod, from the API (through the config's kubeconfig)
+      --namespace NAMESPACE
+                     Offline: the pod's namespace [default: default]
+      --annotation NETWORKS
+                     Offline: the pod's k8s.v1.cni.cncf.io/networks annotation
+      --default-network NETWORK
+                     Offline: the pod's v1.multus-cni.io/default-network annotation
+      --nad FILE     Offline: a NetworkAttachmentDefinition, YAML or JSON (repeatable)
+      --uid UID      The pod UID the runtime would pass; checked against the API's as ADD
+                     checks it
+      --ifname NAME  The runtime's interface name (CNI_IFNAME), the cluster network's
+                     [default: eth0]
+      --json         One JSON document instead of a table
+  -h, --help         Print help
+"
+);
+
 /// `explain`'s arguments.
-#[derive(clap::Args)]
 pub struct Args {
-    #[command(flatten)]
-    config: ConfigArg,
-    /// The pod, from the API (through the config's kubeconfig): NAMESPACE/NAME
-    #[arg(long, value_name = "NAMESPACE/NAME", conflicts_with_all = ["annotation", "default_network", "nad"])]
+    common: Common,
     pod: Option<String>,
-    /// Offline: the pod's namespace
-    #[arg(long, default_value = "default")]
     namespace: String,
-    /// Offline: the pod's k8s.v1.cni.cncf.io/networks annotation
-    #[arg(long, value_name = "NETWORKS")]
     annotation: Option<String>,
-    /// Offline: the pod's v1.multus-cni.io/default-network annotation
-    #[arg(long, value_name = "NETWORK")]
     default_network: Option<String>,
-    /// Offline: a NetworkAttachmentDefinition, YAML or JSON (repeatable)
-    #[arg(long, value_name = "FILE")]
     nad: Vec<PathBuf>,
-    /// The pod UID the runtime would pass; checked against the API's as ADD checks it
-    #[arg(long)]
     uid: Option<String>,
-    /// The runtime's interface name (CNI_IFNAME), the cluster network's
-    #[arg(long, default_value = "eth0")]
     ifname: String,
-    /// One JSON document instead of a table
-    #[arg(long)]
-    json: bool,
+}
+
+impl Args {
+    /// Reads them; `None` when help was asked for instead.
+    pub(super) fn parse(p: &mut Parser) -> Result<Option<Args>> {
+        let mut args = Args {
+            common: Common::default(),
+            pod: None,
+            namespace: "default".into(),
+            annotation: None,
+            default_network: None,
+            nad: Vec::new(),
+            uid: None,
+            ifname: "eth0".into(),
+        };
+        let run = cli::options(p, HELP, |name, p| {
+            match name {
+                "pod" => args.pod = Some(cli::string(p)?),
+                "namespace" => args.namespace = cli::string(p)?,
+                "annotation" => args.annotation = Some(cli::string(p)?),
+                "default-network" => args.default_network = Some(cli::string(p)?),
+                "nad" => args.nad.push(cli::path(p)?),
+                "uid" => args.uid = Some(cli::string(p)?),
+                "ifname" => args.ifname = cli::string(p)?,
+                _ => return args.common.take(name, p),
+            }
+            Ok(true)
+        })?;
+        if run.is_none() {
+            return Ok(None);
+        }
+        let offline = args.annotation.is_some() || args.default_network.is_some();
+        if args.pod.is_some() && (offline || !args.nad.is_empty()) {
+            bail!(
+                "--pod reads the pod and its NADs from the API; --annotation, --default-network \
+                 and --nad describe one offline: give one or the other"
+            );
+        }
+        Ok(Some(args))
+    }
 }
 
 /// Explains the plan for one pod; exits non-zero when ADD would fail.
 pub fn explain(args: Args) -> Result<ExitCode> {
-    let (file, conf) = args.config.load()?;
+    let (file, conf) = args.common.load()?;
     let (namespace, name) = match &args.pod {
         Some(p) => p
             .split_once('/')
@@ -114,7 +165,7 @@ pub fn explain(args: Args) -> Result<ExitCode> {
         "warnings": warnings,
         "error": error.as_ref().map(|e| json!({"code": e.code, "msg": e.msg})),
     });
-    if args.json {
+    if args.common.json {
         println!("{doc:#}");
     } else {
         print_table(&doc);
@@ -287,5 +338,43 @@ fn print_table(doc: &Value) {
             e["code"],
             e["msg"].as_str().unwrap_or_default()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Option<Args>> {
+        Args::parse(&mut Parser::from_args(args.iter().copied()))
+    }
+
+    #[test]
+    fn offline_options_repeat_and_default() {
+        let a = parse(&["--nad", "a.yml", "--nad=b.json", "--annotation", "x@net7"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.nad, [PathBuf::from("a.yml"), PathBuf::from("b.json")]);
+        assert_eq!(a.annotation.as_deref(), Some("x@net7"));
+        assert_eq!(
+            (a.namespace.as_str(), a.ifname.as_str()),
+            ("default", "eth0")
+        );
+        assert!(a.pod.is_none() && !a.common.json);
+    }
+
+    #[test]
+    fn the_api_pod_and_an_offline_one_exclude_each_other() {
+        for offline in [
+            ["--nad", "a.yml"],
+            ["--annotation", "x"],
+            ["--default-network", "y"],
+        ] {
+            let mut args = vec!["--pod", "ns/p"];
+            args.extend(offline);
+            let err = parse(&args).err().expect("refused").to_string();
+            assert!(err.starts_with("--pod reads the pod"), "{err}");
+        }
+        assert!(parse(&["--pod", "ns/p", "--uid", "u", "--json"]).is_ok());
     }
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::{Map, Value, json};
 
+use super::cli::{self, Parser};
 use crate::config::config_files;
 use crate::error::{Code, coded};
 
@@ -27,84 +28,145 @@ const NETWORK_NAME: &str = "multus-cni-network";
 /// The generated config's file name (without extension).
 const OWN_STEM: &str = "00-multihome";
 
-fn flag(s: &str) -> std::result::Result<bool, String> {
-    match s {
-        "" | "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
-        _ => Err(format!("{s:?} is not true or false")),
-    }
+const HELP: &str = "\
+The DaemonSet's entrypoint: copy the binary into the host's CNI bin dir, write a kubeconfig from
+the pod's service account, generate 00-multihome.conflist from the primary CNI config; then keep
+them current until SIGTERM. Multus's entrypoint flags, under their names; a boolean takes
+--name or --name=true|false.
+
+Usage: multihome install [OPTIONS]
+
+Options:
+      --cni-conf-dir DIR       Where the generated config goes (the host's CNI conf dir, as
+                               mounted) [default: /host/etc/cni/net.d]
+      --cni-bin-dir DIR        Where the binary is copied (the host's CNI bin dir, as mounted)
+                               [default: /host/opt/cni/bin]
+      --multus-conf-file FILE  `auto` generates the config from the primary one; a path is
+                               copied as it is [default: auto]
+      --multus-autoconfig-dir DIR
+                               Where the primary CNI config is looked for
+                               [default: --cni-conf-dir]
+      --multus-kubeconfig-file-host FILE
+                               The kubeconfig's path on the host, named in the generated config
+                               [default: /etc/cni/net.d/multus.d/multus.kubeconfig]
+      --multus-master-cni-file-name NAME
+                               The primary CNI config's file name [default: the alphabetically
+                               first]
+      --namespace-isolation    namespaceIsolation in the generated config
+      --global-namespaces LIST globalNamespaces in the generated config
+      --multus-log-level LEVEL logLevel in the generated config
+      --multus-log-file FILE   logFile in the generated config
+      --readiness-indicator-file FILE
+                               readinessindicatorfile in the generated config
+      --additional-bin-dir DIR binDir in the generated config
+      --cni-version VERSION    The cniVersion of the generated config; must be the primary's
+                               unless forced
+      --force-cni-version      Use --cni-version even when the primary's differs
+      --skip-multus-binary-copy
+                               Do not copy the binary
+      --cleanup-config-on-exit Remove the generated config on exit (Multus's behaviour); by
+                               default it stays, so that no pod starts without multihome during
+                               a rolling upgrade
+      --skip-config-watch      Do not watch the primary config and the service account after
+                               installing
+      --once                   Install once and exit (an init container)
+      --cni-conf-dir-host DIR  The host's path of --cni-conf-dir, for clusterNetwork in the
+                               generated config [default: /etc/cni/net.d]
+      --service-account-dir DIR
+                               The pod's service-account directory (token, ca.crt)
+                               [default: /var/run/secrets/kubernetes.io/serviceaccount]
+      --nad-policy FILE        nadPolicy in the generated config, from this JSON file (see
+                               README, \"Security\")
+      --primary-timeout SECONDS
+                               How long to wait for a primary CNI config before giving up
+                               [default: 120]
+  -h, --help                   Print help
+";
+
+/// `install`'s arguments: Multus's entrypoint flags, and a few of multihome's own (see [`HELP`]).
+#[derive(Debug)]
+pub struct Args {
+    pub(super) cni_conf_dir: PathBuf,
+    cni_bin_dir: PathBuf,
+    multus_conf_file: String,
+    pub(super) multus_autoconfig_dir: Option<PathBuf>,
+    multus_kubeconfig_file_host: PathBuf,
+    multus_master_cni_file_name: String,
+    namespace_isolation: bool,
+    global_namespaces: String,
+    multus_log_level: String,
+    multus_log_file: String,
+    readiness_indicator_file: String,
+    additional_bin_dir: String,
+    cni_version: String,
+    force_cni_version: bool,
+    skip_multus_binary_copy: bool,
+    pub(super) cleanup_config_on_exit: bool,
+    pub(super) skip_config_watch: bool,
+    once: bool,
+    cni_conf_dir_host: PathBuf,
+    pub(super) service_account_dir: PathBuf,
+    nad_policy: Option<PathBuf>,
+    primary_timeout: u64,
 }
 
-/// `install`'s arguments: Multus's entrypoint flags, and a few of multihome's own.
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// Where the generated config goes (the host's CNI conf dir, as mounted)
-    #[arg(long, default_value = "/host/etc/cni/net.d")]
-    pub(super) cni_conf_dir: PathBuf,
-    /// Where the binary is copied (the host's CNI bin dir, as mounted)
-    #[arg(long, default_value = "/host/opt/cni/bin")]
-    cni_bin_dir: PathBuf,
-    /// `auto` generates the config from the primary one; a path is copied as it is
-    #[arg(long, default_value = "auto")]
-    multus_conf_file: String,
-    /// Where the primary CNI config is looked for [default: --cni-conf-dir]
-    #[arg(long)]
-    pub(super) multus_autoconfig_dir: Option<PathBuf>,
-    /// The kubeconfig's path on the host, named in the generated config
-    #[arg(long, default_value = "/etc/cni/net.d/multus.d/multus.kubeconfig")]
-    multus_kubeconfig_file_host: PathBuf,
-    /// The primary CNI config's file name [default: the alphabetically first]
-    #[arg(long, default_value = "")]
-    multus_master_cni_file_name: String,
-    /// namespaceIsolation in the generated config
-    #[arg(long, default_value = "false", default_missing_value = "true", num_args = 0..=1, value_parser = flag)]
-    namespace_isolation: bool,
-    /// globalNamespaces in the generated config
-    #[arg(long, default_value = "")]
-    global_namespaces: String,
-    /// logLevel in the generated config
-    #[arg(long, default_value = "")]
-    multus_log_level: String,
-    /// logFile in the generated config
-    #[arg(long, default_value = "")]
-    multus_log_file: String,
-    /// readinessindicatorfile in the generated config
-    #[arg(long, default_value = "")]
-    readiness_indicator_file: String,
-    /// binDir in the generated config
-    #[arg(long, default_value = "")]
-    additional_bin_dir: String,
-    /// The cniVersion of the generated config; must be the primary's unless forced
-    #[arg(long, default_value = "")]
-    cni_version: String,
-    /// Use --cni-version even when the primary's differs
-    #[arg(long, default_value = "false", default_missing_value = "true", num_args = 0..=1, value_parser = flag)]
-    force_cni_version: bool,
-    /// Do not copy the binary
-    #[arg(long, default_value = "false", default_missing_value = "true", num_args = 0..=1, value_parser = flag)]
-    skip_multus_binary_copy: bool,
-    /// Remove the generated config on exit (Multus's behaviour); by default it stays, so that
-    /// no pod starts without multihome during a rolling upgrade
-    #[arg(long, default_value = "false", default_missing_value = "true", num_args = 0..=1, value_parser = flag)]
-    pub(super) cleanup_config_on_exit: bool,
-    /// Do not watch the primary config and the service account after installing
-    #[arg(long, default_value = "false", default_missing_value = "true", num_args = 0..=1, value_parser = flag)]
-    pub(super) skip_config_watch: bool,
-    /// Install once and exit (an init container)
-    #[arg(long)]
-    once: bool,
-    /// The host's path of --cni-conf-dir, for clusterNetwork in the generated config
-    #[arg(long, default_value = "/etc/cni/net.d")]
-    cni_conf_dir_host: PathBuf,
-    /// The pod's service-account directory (token, ca.crt)
-    #[arg(long, default_value = crate::k8s::access::SERVICE_ACCOUNT_DIR)]
-    pub(super) service_account_dir: PathBuf,
-    /// nadPolicy in the generated config, from this JSON file (see README, "Security")
-    #[arg(long, value_name = "FILE")]
-    nad_policy: Option<PathBuf>,
-    /// How long to wait for a primary CNI config before giving up, in seconds
-    #[arg(long, default_value = "120")]
-    primary_timeout: u64,
+impl Args {
+    /// Reads them; `None` when help was asked for instead.
+    pub(super) fn parse(p: &mut Parser) -> Result<Option<Args>> {
+        let mut a = Args {
+            cni_conf_dir: "/host/etc/cni/net.d".into(),
+            cni_bin_dir: "/host/opt/cni/bin".into(),
+            multus_conf_file: "auto".into(),
+            multus_autoconfig_dir: None,
+            multus_kubeconfig_file_host: "/etc/cni/net.d/multus.d/multus.kubeconfig".into(),
+            multus_master_cni_file_name: String::new(),
+            namespace_isolation: false,
+            global_namespaces: String::new(),
+            multus_log_level: String::new(),
+            multus_log_file: String::new(),
+            readiness_indicator_file: String::new(),
+            additional_bin_dir: String::new(),
+            cni_version: String::new(),
+            force_cni_version: false,
+            skip_multus_binary_copy: false,
+            cleanup_config_on_exit: false,
+            skip_config_watch: false,
+            once: false,
+            cni_conf_dir_host: "/etc/cni/net.d".into(),
+            service_account_dir: crate::k8s::access::SERVICE_ACCOUNT_DIR.into(),
+            nad_policy: None,
+            primary_timeout: 120,
+        };
+        let run = cli::options(p, HELP, |name, p| {
+            match name {
+                "cni-conf-dir" => a.cni_conf_dir = cli::path(p)?,
+                "cni-bin-dir" => a.cni_bin_dir = cli::path(p)?,
+                "multus-conf-file" => a.multus_conf_file = cli::string(p)?,
+                "multus-autoconfig-dir" => a.multus_autoconfig_dir = Some(cli::path(p)?),
+                "multus-kubeconfig-file-host" => a.multus_kubeconfig_file_host = cli::path(p)?,
+                "multus-master-cni-file-name" => a.multus_master_cni_file_name = cli::string(p)?,
+                "namespace-isolation" => a.namespace_isolation = cli::flag(p, name)?,
+                "global-namespaces" => a.global_namespaces = cli::string(p)?,
+                "multus-log-level" => a.multus_log_level = cli::string(p)?,
+                "multus-log-file" => a.multus_log_file = cli::string(p)?,
+                "readiness-indicator-file" => a.readiness_indicator_file = cli::string(p)?,
+                "additional-bin-dir" => a.additional_bin_dir = cli::string(p)?,
+                "cni-version" => a.cni_version = cli::string(p)?,
+                "force-cni-version" => a.force_cni_version = cli::flag(p, name)?,
+                "skip-multus-binary-copy" => a.skip_multus_binary_copy = cli::flag(p, name)?,
+                "cleanup-config-on-exit" => a.cleanup_config_on_exit = cli::flag(p, name)?,
+                "skip-config-watch" => a.skip_config_watch = cli::flag(p, name)?,
+                "once" => a.once = cli::flag(p, name)?,
+                "cni-conf-dir-host" => a.cni_conf_dir_host = cli::path(p)?,
+                "service-account-dir" => a.service_account_dir = cli::path(p)?,
+                "nad-policy" => a.nad_policy = Some(cli::path(p)?),
+                "primary-timeout" => a.primary_timeout = cli::seconds(p, name)?,
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(run.map(|()| a))
+    }
 }
 
 /// Installs; then keeps the files current unless `--once` or `--skip-config-watch`.
@@ -466,4 +528,63 @@ fn render(args: &Args, primary: &Path) -> Result<(Vec<u8>, String)> {
     let mut text = serde_json::to_vec_pretty(&doc).context("encoding the config")?;
     text.push(b'\n');
     Ok((text, format!("{OWN_STEM}.{ext}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Option<Args>> {
+        Args::parse(&mut Parser::from_args(args.iter().copied()))
+    }
+
+    #[test]
+    fn multus_daemonset_arguments_carry_over_in_both_forms() {
+        let a = parse(&[
+            "--cni-conf-dir=/h/net.d",
+            "--cni-bin-dir",
+            "/h/bin",
+            "--multus-conf-file=auto",
+            "--namespace-isolation=true",
+            "--global-namespaces=default,kube-system",
+            "--multus-log-level",
+            "verbose",
+            "--cleanup-config-on-exit",
+            "--skip-multus-binary-copy=false",
+            "--primary-timeout=5",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(a.cni_conf_dir, Path::new("/h/net.d"));
+        assert_eq!(a.cni_bin_dir, Path::new("/h/bin"));
+        assert!(a.namespace_isolation && a.cleanup_config_on_exit);
+        assert!(!a.skip_multus_binary_copy && !a.once && !a.skip_config_watch);
+        assert_eq!(a.global_namespaces, "default,kube-system");
+        assert_eq!(a.multus_log_level, "verbose");
+        assert_eq!(a.primary_timeout, 5);
+        // What was not given keeps Multus's defaults.
+        assert_eq!(a.multus_conf_file, "auto");
+        assert_eq!(a.cni_conf_dir_host, Path::new("/etc/cni/net.d"));
+        assert_eq!(
+            a.multus_kubeconfig_file_host,
+            Path::new("/etc/cni/net.d/multus.d/multus.kubeconfig")
+        );
+        assert_eq!(a.multus_autoconfig_dir, None);
+    }
+
+    #[test]
+    fn bad_arguments_name_the_option() {
+        let err = |args: &[&str]| format!("{:#}", parse(args).unwrap_err());
+        assert_eq!(err(&["--multus-conf"]), "invalid option '--multus-conf'");
+        assert_eq!(
+            err(&["--once=maybe"]),
+            "--once=maybe: expected true or false"
+        );
+        assert_eq!(
+            err(&["--cni-bin-dir"]),
+            "missing argument for option '--cni-bin-dir'"
+        );
+        assert_eq!(err(&["extra"]), "unexpected argument \"extra\"");
+        assert!(parse(&["--help"]).unwrap().is_none());
+    }
 }

@@ -1,5 +1,5 @@
 //! `multihome install` after the first install: watch the primary config's directory and the
-//! service account's (inotify, through notify) and rewrite what changed, until SIGTERM or
+//! service account's (inotify, through nix) and rewrite what changed, until SIGTERM or
 //! SIGINT. kubelet rotates a projected service-account token by swapping the `..data` symlink
 //! of that directory, so a watch on the token file itself would never fire: the directory is
 //! watched.
@@ -9,10 +9,20 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::{SigSet, Signal};
-use notify::{RecursiveMode, Watcher};
 
 use super::install::{Args, generate, log, write_kubeconfig};
+
+/// What makes the watched directories worth another look: an entry created, removed, renamed
+/// (kubelet's `..data` swap, an atomic config write), written or re-permissioned.
+const WATCHED: AddWatchFlags = AddWatchFlags::IN_CREATE
+    .union(AddWatchFlags::IN_DELETE)
+    .union(AddWatchFlags::IN_MOVE)
+    .union(AddWatchFlags::IN_CLOSE_WRITE)
+    .union(AddWatchFlags::IN_ATTRIB)
+    .union(AddWatchFlags::IN_DELETE_SELF)
+    .union(AddWatchFlags::IN_MOVE_SELF);
 
 enum Wake {
     Changed,
@@ -41,27 +51,33 @@ pub fn watch(args: &Args, config: &Path, signals: SigSet) -> Result<()> {
             let _ = on_signal.send(Wake::Signal(sig));
         }
     });
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            let _ = tx.send(Wake::Changed);
-        }
-    })
-    .context("starting the file watcher")?;
     if args.skip_config_watch {
         log("not watching (--skip-config-watch)");
     } else {
+        let inotify =
+            Inotify::init(InitFlags::IN_CLOEXEC).context("starting the file watcher (inotify)")?;
         let primary_dir = args
             .multus_autoconfig_dir
             .as_ref()
             .unwrap_or(&args.cni_conf_dir);
         for dir in [primary_dir, &args.service_account_dir] {
             if dir.is_dir() {
-                watcher
-                    .watch(dir, RecursiveMode::NonRecursive)
+                inotify
+                    .add_watch(dir, WATCHED)
                     .with_context(|| format!("watching {}", dir.display()))?;
                 log(&format!("watching {}", dir.display()));
             }
         }
+        std::thread::spawn(move || {
+            // Which entry changed does not matter: every pass rereads everything.
+            loop {
+                match inotify.read_events() {
+                    Ok(_) if tx.send(Wake::Changed).is_ok() => {}
+                    Ok(_) => return,
+                    Err(e) => return log(&format!("the file watcher stopped: {e}")),
+                }
+            }
+        });
     }
     // What changed between the first install and the watch: caught up once (a no-op otherwise).
     let mut wake = Wake::Changed;

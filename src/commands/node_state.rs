@@ -9,24 +9,45 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use super::{ConfigArg, cell};
+use super::cli::{self, Parser, config_help};
+use super::{Common, cell};
 use crate::cache::Cache;
 use crate::netlink;
 use crate::netns::NetNs;
 
+const HELP: &str = concat!(
+    "\
+This namespace's links (the node's), for choosing masters and host interfaces; and the host
+interfaces multihome moved into pods.
+
+Usage: multihome node-state [OPTIONS]
+
+Options:
+",
+    config_help!(),
+    "      --json         One JSON document instead of a table
+  -h, --help         Print help
+"
+);
+
 /// `node-state`'s arguments.
-#[derive(clap::Args)]
+#[derive(Default)]
 pub struct Args {
-    #[command(flatten)]
-    config: ConfigArg,
-    /// One JSON document instead of a table
-    #[arg(long)]
-    json: bool,
+    common: Common,
+}
+
+impl Args {
+    /// Reads them; `None` when help was asked for instead.
+    pub(super) fn parse(p: &mut Parser) -> Result<Option<Args>> {
+        let mut common = Common::default();
+        let run = cli::options(p, HELP, |name, p| common.take(name, p))?;
+        Ok(run.map(|()| Args { common }))
+    }
 }
 
 /// Reports the namespace's links.
 pub fn node_state(args: Args) -> Result<ExitCode> {
-    let (_, conf) = args.config.load()?;
+    let (_, conf) = args.common.load()?;
     let (links, addresses) = NetNs::current()?
         .with_netlink(
             |h| async move { Ok((netlink::links(&h).await?, netlink::addresses(&h).await?)) },
@@ -85,7 +106,7 @@ pub fn node_state(args: Args) -> Result<ExitCode> {
         })
         .collect();
     let doc = json!({"interfaces": interfaces, "movedIntoPods": moved});
-    if args.json {
+    if args.common.json {
         println!("{doc:#}");
         return Ok(ExitCode::SUCCESS);
     }

@@ -4,6 +4,13 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
+/// `multihome version --help`.
+pub(super) const HELP: &str = "\
+Print the version, and the CNI spec versions spoken.
+
+Usage: multihome version
+";
+
 /// Prints the version and the CNI spec versions multihome speaks.
 pub fn version() -> Result<ExitCode> {
     println!(
