@@ -15,18 +15,22 @@ fn explain(k: &Kube, conf_file: &str, extra: &[&str]) -> (bool, Value) {
     (ok, doc)
 }
 
-fn interfaces(doc: &Value) -> Vec<(String, String)> {
-    doc["attachments"]
-        .as_array()
+/// Two string fields of every element of a JSON list.
+fn pairs(list: &Value, first: &str, second: &str) -> Vec<(String, String)> {
+    list.as_array()
         .unwrap()
         .iter()
-        .map(|a| {
+        .map(|e| {
             (
-                a["interface"].as_str().unwrap().to_string(),
-                a["network"].as_str().unwrap().to_string(),
+                e[first].as_str().unwrap().to_string(),
+                e[second].as_str().unwrap().to_string(),
             )
         })
         .collect()
+}
+
+fn interfaces(doc: &Value) -> Vec<(String, String)> {
+    pairs(&doc["attachments"], "interface", "network")
 }
 
 #[test]
@@ -71,18 +75,7 @@ fn explain_agrees_with_add_on_every_interface_network_and_error_and_changes_noth
             let mut links: Vec<String> = interfaces(&doc).into_iter().map(|(i, _)| i).collect();
             links.sort();
             assert_eq!(k.w.pod.links(), links, "{text}");
-            let status: Vec<(String, String)> = k
-                .status(&pod)
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| {
-                    (
-                        e["interface"].as_str().unwrap().into(),
-                        e["name"].as_str().unwrap().into(),
-                    )
-                })
-                .collect();
+            let status = pairs(&k.status(&pod), "interface", "name");
             assert_eq!(interfaces(&doc), status, "{text}");
             k.run("DEL", &conf, &pod, &uid).success();
         } else {

@@ -13,12 +13,12 @@ mod version;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, bail};
 
 use crate::config::{NetConf, RUNTIME_CONF_DIR, runtime_config};
 use crate::error::CniError;
 use cli::Parser;
-use lexopt::Arg::{Long, Short};
+use lexopt::Arg::{Long, Short, Value};
 
 const HELP: &str = "\
 multihome: a CNI meta-plugin that gives pods several networks.
@@ -49,23 +49,6 @@ enum Verb {
     NodeState(node_state::Args),
 }
 
-impl Verb {
-    /// Reads the command line after the verb's name: `None` for no such verb, `Ok(None)` when
-    /// it asked for help instead.
-    fn parse(name: &str, p: &mut Parser) -> Option<Result<Option<Verb>>> {
-        Some(match name {
-            "version" => {
-                cli::options(p, version::HELP, |_, _| Ok(false)).map(|v| v.map(|()| Verb::Version))
-            }
-            "install" => install::Args::parse(p).map(|a| a.map(Verb::Install)),
-            "explain" => explain::Args::parse(p).map(|a| a.map(Verb::Explain)),
-            "attachments" => attachments::Args::parse(p).map(|a| a.map(Verb::Attachments)),
-            "node-state" => node_state::Args::parse(p).map(|a| a.map(Verb::NodeState)),
-            _ => return None,
-        })
-    }
-}
-
 /// Runs the tool with the process's arguments. Without any, prints what the binary is to stderr
 /// and exits 0, as a CNI plugin run by hand does.
 pub fn run() -> ExitCode {
@@ -77,13 +60,13 @@ pub fn run() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let mut p = Parser::from_env();
-    let (name, verb) = match parse(&mut p) {
-        Ok((_, None)) => return ExitCode::SUCCESS,
-        Ok((name, Some(verb))) => (name, verb),
-        Err((name, e)) => {
+    let mut who = String::from("multihome");
+    let verb = match parse(&mut Parser::from_env(), &mut who) {
+        Ok(Some(verb)) => verb,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
             // A usage error exits 2, as clap's and Go's flag packages do.
-            eprintln!("multihome{name}: {e:#}\nSee `multihome{name} --help`.");
+            eprintln!("{who}: {e:#}\nSee `{who} --help`.");
             return ExitCode::from(2);
         }
     };
@@ -95,35 +78,39 @@ pub fn run() -> ExitCode {
         Verb::NodeState(args) => node_state::node_state(args),
     };
     outcome.unwrap_or_else(|e| {
-        eprintln!("multihome {name}: {}", CniError::from_anyhow(&e).msg);
+        eprintln!("{who}: {}", CniError::from_anyhow(&e).msg);
         ExitCode::FAILURE
     })
 }
 
-/// The verb's name and what it was asked; a failure carries the verb's name (with a leading
-/// space, empty before one is known) for the message.
-fn parse(p: &mut Parser) -> std::result::Result<(String, Option<Verb>), (String, anyhow::Error)> {
-    let name = match p.next() {
-        Ok(Some(lexopt::Arg::Value(v))) => v.to_string_lossy().into_owned(),
-        Ok(Some(Long("help") | Short('h'))) => {
+/// Reads the command line: the verb and its arguments, or `None` when it asked for help instead.
+/// Once the verb is known, its name is added to `who`, the name messages are given under.
+fn parse(p: &mut Parser, who: &mut String) -> Result<Option<Verb>> {
+    let name = match p.next()? {
+        Some(Value(v)) => v.to_string_lossy().into_owned(),
+        Some(Long("help") | Short('h')) => {
             print!("{HELP}");
-            return Ok((String::new(), None));
+            return Ok(None);
         }
-        Ok(Some(Long("version") | Short('V'))) => return Ok((String::new(), Some(Verb::Version))),
-        Ok(Some(arg)) => return Err((String::new(), arg.unexpected().into())),
-        Ok(None) => return Err((String::new(), anyhow!("no verb given"))),
-        Err(e) => return Err((String::new(), e.into())),
+        Some(Long("version") | Short('V')) => return Ok(Some(Verb::Version)),
+        Some(arg) => return Err(arg.unexpected().into()),
+        None => bail!("no verb given"),
     };
-    match Verb::parse(&name, p) {
-        Some(Ok(verb)) => Ok((name, verb)),
-        Some(Err(e)) => Err((format!(" {name}"), e)),
-        None => Err((
-            String::new(),
-            anyhow!(
-                "no verb {name:?}: expected version, install, explain, attachments or node-state"
-            ),
-        )),
-    }
+    let verb: fn(&mut Parser) -> Result<Option<Verb>> = match name.as_str() {
+        "version" => {
+            |p| Ok(cli::options(p, version::HELP, |_, _| Ok(false))?.map(|()| Verb::Version))
+        }
+        "install" => |p| Ok(install::Args::parse(p)?.map(Verb::Install)),
+        "explain" => |p| Ok(explain::Args::parse(p)?.map(Verb::Explain)),
+        "attachments" => |p| Ok(attachments::Args::parse(p)?.map(Verb::Attachments)),
+        "node-state" => |p| Ok(node_state::Args::parse(p)?.map(Verb::NodeState)),
+        _ => {
+            bail!("no verb {name:?}: expected version, install, explain, attachments or node-state")
+        }
+    };
+    who.push(' ');
+    who.push_str(&name);
+    verb(p)
 }
 
 /// A JSON value as a table cell: `-` for nothing, a string as it is.
@@ -167,8 +154,13 @@ impl Common {
 mod tests {
     use super::*;
 
+    /// Who the messages are from, and the outcome.
     fn parse_all(args: &[&str]) -> std::result::Result<(String, Option<Verb>), (String, String)> {
-        parse(&mut Parser::from_args(args.iter().copied())).map_err(|(n, e)| (n, format!("{e:#}")))
+        let mut who = String::from("multihome");
+        match parse(&mut Parser::from_args(args.iter().copied()), &mut who) {
+            Ok(verb) => Ok((who, verb)),
+            Err(e) => Err((who, format!("{e:#}"))),
+        }
     }
 
     #[test]
@@ -198,12 +190,12 @@ mod tests {
         };
         assert_eq!(
             (name.as_str(), e.as_str()),
-            (" attachments", "invalid option '--jsn'")
+            ("multihome attachments", "invalid option '--jsn'")
         );
         let Err((name, e)) = parse_all(&["instal"]) else {
             panic!("a misspelt verb is refused");
         };
-        assert_eq!(name, "");
+        assert_eq!(name, "multihome");
         assert!(
             e.starts_with("no verb \"instal\": expected version, install"),
             "{e}"
