@@ -38,6 +38,8 @@ CONTAINERS_CONF="$work/containers.conf" podman --runtime runc --cgroup-manager c
 cmp "$bin" "$root/opt/cni/bin/multihome"
 generated="$root/etc/cni/net.d/00-multihome.conflist"
 grep -q '"type": "multihome"' "$generated"
-grep -q '"clusterNetwork": "/etc/cni/net.d/10-bridge.conflist"' "$generated"
+# The primary travels inside the config (no --cni-conf-dir-host): it works on any host layout.
+grep -q '"delegates": \[' "$generated"
+grep -q '"name": "cbr"' "$generated"
 grep -q '"portMappings": true' "$generated"
 echo "image-check: install --once in the image wrote the binary and $(basename "$generated")"

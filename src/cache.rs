@@ -11,11 +11,18 @@
 //! Writes are atomic (temporary file, rename; with [`Durability::Durable`] also fsync of the file
 //! and the directory). Operations on one attachment are serialised by an `flock` on
 //! `<key>.lock`; other attachments are never blocked. Only GC lists the directory.
+//!
+//! A completed DEL (or an ADD that attached nothing) leaves a tombstone, an empty file
+//! `<cniDir>/deleted/<hour>/<key>`: the proof that nothing of the attachment is attached, so
+//! the runtime's repeated DEL costs nothing. A DEL that finds neither record nor tombstone cannot
+//! know that, and re-plans. Tombstones live one to two hours (the hour buckets older than the
+//! previous one are removed whenever a tombstone is left, and by GC); ADD clears its key's.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 use nix::fcntl::{Flock, FlockArg};
@@ -30,6 +37,13 @@ pub const KIND: &str = "multihome/v1";
 /// The separator of the parts of a record's file name; not allowed in network names or
 /// container IDs.
 const SEP: char = '+';
+
+/// The directory of tombstones, below `cniDir`.
+const TOMBSTONES: &str = "deleted";
+
+/// The span of one bucket of tombstones: a tombstone is found for one to two of them. A runtime
+/// repeats its DEL within minutes (containerd at sandbox removal, kubelet's retries).
+const TOMBSTONE_BUCKET_SECS: u64 = 3600;
 
 /// One CNI attachment of multihome: its network, container and runtime interface.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -261,7 +275,8 @@ impl Cache {
         Ok(())
     }
 
-    /// Whether every entry of the directory is a record, lock or temporary file of multihome's.
+    /// Whether every entry of the directory is a record, lock or temporary file of multihome's,
+    /// or its directory of tombstones.
     fn only_ours(&self) -> bool {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return false;
@@ -269,11 +284,94 @@ impl Cache {
         entries.filter_map(|e| e.ok()).all(|e| {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            e.file_type().is_ok_and(|t| t.is_file())
-                && (name.ends_with(".json")
-                    || name.ends_with(".lock")
-                    || name.ends_with(".json.tmp"))
+            let Ok(kind) = e.file_type() else {
+                return false;
+            };
+            (kind.is_dir() && name == TOMBSTONES)
+                || (kind.is_file()
+                    && (name.ends_with(".json")
+                        || name.ends_with(".lock")
+                        || name.ends_with(".json.tmp")))
         })
+    }
+
+    /// The bucket of tombstones left now, and the one before it.
+    fn tombstone_buckets(&self) -> [PathBuf; 2] {
+        let hour = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / TOMBSTONE_BUCKET_SECS);
+        let root = self.dir.join(TOMBSTONES);
+        [
+            root.join(hour.to_string()),
+            root.join(hour.saturating_sub(1).to_string()),
+        ]
+    }
+
+    /// Leaves the tombstone of `key`: nothing of it is attached. Best effort: without it (a
+    /// read-only or full directory) a repeated DEL only re-plans.
+    pub fn leave_tombstone(&self, key: &Key) {
+        let [bucket, _] = self.tombstone_buckets();
+        let path = bucket.join(key.stem());
+        let left = DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&bucket)
+            .and_then(|()| {
+                OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .mode(0o600)
+                    .open(&path)
+            });
+        match left {
+            Ok(_) => self.expire_tombstones(),
+            Err(e) => log::warn!("cannot leave the tombstone {}: {e}", path.display()),
+        }
+    }
+
+    /// Whether a recent DEL (or failed ADD) left the tombstone of `key`.
+    pub fn has_tombstone(&self, key: &Key) -> bool {
+        let stem = key.stem();
+        self.tombstone_buckets()
+            .iter()
+            .any(|b| b.join(&stem).exists())
+    }
+
+    /// Clears the tombstone of `key`: ADD is attaching it again.
+    pub fn clear_tombstone(&self, key: &Key) {
+        let stem = key.stem();
+        for bucket in self.tombstone_buckets() {
+            let path = bucket.join(&stem);
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    log::warn!("cannot clear the tombstone {}: {e}", path.display());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Removes the buckets of tombstones older than the previous hour's: the only listing on the
+    /// DEL path, of a directory of at most three entries.
+    pub fn expire_tombstones(&self) {
+        let root = self.dir.join(TOMBSTONES);
+        let Ok(entries) = fs::read_dir(&root) else {
+            return;
+        };
+        let live = self.tombstone_buckets();
+        for entry in entries.filter_map(|e| e.ok()) {
+            let path = entry.path();
+            let ours = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if ours && !live.contains(&path) {
+                if let Err(e) = fs::remove_dir_all(&path) {
+                    log::warn!("cannot expire the tombstones {}: {e}", path.display());
+                }
+            }
+        }
     }
 
     /// Reads the locked record. `Ok(None)` when there is none; an unreadable or torn file is an
@@ -581,6 +679,41 @@ mod tests {
         fs::write(dir.join("results"), b"").unwrap();
         drop(cache.lock(&key("c1", "eth0")).unwrap());
         assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o755);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tombstones_are_left_found_cleared_and_expire_by_the_hour() {
+        let dir = tempdir("tomb");
+        let cache = Cache::new(&dir);
+        let (a, b) = (key("c1", "eth0"), key("c2", "eth0"));
+        drop(cache.lock(&a).unwrap());
+        assert!(!cache.has_tombstone(&a));
+        cache.leave_tombstone(&a);
+        cache.leave_tombstone(&a);
+        assert!(cache.has_tombstone(&a) && !cache.has_tombstone(&b));
+        // One found in the previous hour's bucket still counts.
+        let [now, previous] = cache.tombstone_buckets();
+        fs::create_dir_all(&previous).unwrap();
+        fs::write(previous.join(b.stem()), b"").unwrap();
+        assert!(cache.has_tombstone(&b));
+        cache.clear_tombstone(&b);
+        assert!(!cache.has_tombstone(&b) && cache.has_tombstone(&a));
+        // Older hours go with the next tombstone; whatever is not an hour is not ours.
+        let old = dir.join(TOMBSTONES).join("7");
+        fs::create_dir_all(&old).unwrap();
+        fs::write(old.join(b.stem()), b"").unwrap();
+        fs::write(dir.join(TOMBSTONES).join("notes"), b"").unwrap();
+        cache.leave_tombstone(&b);
+        assert!(!old.exists());
+        assert!(dir.join(TOMBSTONES).join("notes").exists());
+        assert_eq!(fs::read_dir(&now).unwrap().count(), 2);
+        // The directory of tombstones does not stop a loose cniDir from being tightened.
+        use std::os::unix::fs::PermissionsExt;
+        fs::remove_file(dir.join(TOMBSTONES).join("notes")).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        drop(cache.lock(&a).unwrap());
+        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -98,8 +98,3 @@ pub fn rewrite_results(record: &mut Record, ifname: &str, routes: &[Final]) -> R
     }
     Ok(())
 }
-
-/// Whether `ifname` carries any default route in the end (it is then the pod's default network).
-pub fn carries(routes: &[Final], ifname: &str) -> bool {
-    routes.iter().any(|r| r.ifname.as_deref() == Some(ifname))
-}

@@ -5,11 +5,13 @@
 //! No rotating-log crate is safe for several processes (lumberjack, whose options these are,
 //! says so; file-rotate keeps its own view of the backups and panics when another process
 //! renamed one under it), so the scheme is this: every record is one `write` to a file opened
-//! with `O_APPEND` (records never interleave), and rotation runs under an `flock` on
-//! `<logFile>.lock`, where the process first checks that nobody rotated already. A process that
-//! still holds the old file keeps appending to it (now `<logFile>.1`) until its next record
-//! tells it to reopen, so no line is lost; that is also why the newest backup is compressed
-//! only at the next rotation. gzip is flate2's.
+//! with `O_APPEND` (records never interleave), under a shared `flock` on `<logFile>.lock`, and
+//! rotation runs under the exclusive one, where the process first checks that nobody rotated
+//! already. Before each record a writer compares the file it holds with the one `logFile` names
+//! and reopens when they differ, so every line goes to the file that is `logFile` when it is
+//! written: a reader following it (`tail -F`, a log shipper) sees every line, and no newer line
+//! sits in an older backup. The newest backup is still compressed only at the next rotation, so
+//! a compression never races a writer that has not looked yet. gzip is flate2's.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -92,6 +94,8 @@ pub struct LogFile {
     path: PathBuf,
     options: LogOptions,
     file: File,
+    /// `<logFile>.lock`, opened at the first record.
+    lock: Option<File>,
     /// Bytes of a record not yet ended by a newline.
     pending: Vec<u8>,
 }
@@ -113,6 +117,7 @@ impl LogFile {
             path: path.to_path_buf(),
             options,
             file,
+            lock: None,
             pending: Vec::new(),
         })
     }
@@ -123,34 +128,64 @@ impl LogFile {
         PathBuf::from(name)
     }
 
-    /// Appends one whole record, rotating first when it would make the file too big.
+    fn lock_path(&self) -> PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push(".lock");
+        PathBuf::from(name)
+    }
+
+    /// Appends one whole record to the file that is `logFile` now, rotating first when it
+    /// would make that file too big.
     fn emit(&mut self, record: &[u8]) -> io::Result<()> {
+        let lock = match self.lock.take() {
+            Some(lock) => lock,
+            None => open_append(&self.lock_path())?,
+        };
+        // Shared: writers do not wait for each other, only for a rotation.
+        let held = Flock::lock(lock, FlockArg::LockShared).map_err(|(_, e)| io::Error::from(e))?;
+        let written = self.emit_locked(&held, record);
+        self.lock = Some(held.unlock().map_err(|(_, e)| io::Error::from(e))?);
+        written
+    }
+
+    fn emit_locked(&mut self, held: &Flock<File>, record: &[u8]) -> io::Result<()> {
+        self.follow()?;
         let size = self.file.metadata()?.len();
         if size > 0 && size + record.len() as u64 > self.options.max_size {
+            held.relock(FlockArg::LockExclusive)
+                .map_err(io::Error::from)?;
+            // Taking the exclusive lock let go of the shared one: another writer may have
+            // rotated meanwhile.
+            self.follow()?;
             self.rotate(record.len() as u64)?;
         }
         self.file.write_all(record)
     }
 
-    fn rotate(&mut self, incoming: u64) -> io::Result<()> {
-        let mut lock_name = self.path.clone().into_os_string();
-        lock_name.push(".lock");
-        let lock = open_append(Path::new(&lock_name))?;
-        let _held =
-            Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))?;
+    /// Reopens `logFile` when the file held is no longer the one the path names (another
+    /// process rotated it, or it was removed).
+    fn follow(&mut self) -> io::Result<()> {
         let ours = self.file.metadata()?;
-        match fs::metadata(&self.path) {
-            // Another process rotated already: write to the new file.
-            Ok(current) if current.ino() != ours.ino() || current.dev() != ours.dev() => {
-                self.file = open_append(&self.path)?;
-                return Ok(());
-            }
-            Ok(current) if current.len() + incoming <= self.options.max_size => return Ok(()),
+        let current = match fs::metadata(&self.path) {
+            Ok(current) => current,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.file = open_append(&self.path)?;
                 return Ok(());
             }
-            _ => {}
+            Err(e) => return Err(e),
+        };
+        if current.ino() != ours.ino() || current.dev() != ours.dev() {
+            self.file = open_append(&self.path)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the current file to the first backup, under the exclusive lock, unless the file
+    /// (after `follow`) has room for `incoming` bytes.
+    fn rotate(&mut self, incoming: u64) -> io::Result<()> {
+        let size = self.file.metadata()?.len();
+        if size == 0 || size + incoming <= self.options.max_size {
+            return Ok(());
         }
         if self.options.max_backups == 0 {
             fs::remove_file(&self.path)?;
@@ -267,18 +302,42 @@ mod tests {
         }
     }
 
-    #[test]
-    fn rotates_keeps_backups_and_compresses_all_but_the_newest() {
-        let dir = std::env::temp_dir().join(format!("mh-logfile-{}", std::process::id()));
+    /// A fresh directory for `mh.log`, and options that rotate it every 100 bytes.
+    fn scratch(tag: &str, compress: bool) -> (PathBuf, PathBuf, LogOptions) {
+        let dir = std::env::temp_dir().join(format!("mh-logfile-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("mh.log");
         let options = LogOptions {
             max_size: 100,
             max_backups: 3,
             max_age: None,
-            compress: true,
+            compress,
         };
+        (dir.join("mh.log"), dir, options)
+    }
+
+    /// Two processes' handles: the one that opened the file before the other rotated it still
+    /// writes to the file that is `logFile` now, never to the backup.
+    #[test]
+    fn a_line_goes_to_the_current_file_after_another_handle_rotated() {
+        let (path, dir, options) = scratch("stale", false);
+        let mut early = LogFile::open(&path, options.clone()).unwrap();
+        let mut late = LogFile::open(&path, options).unwrap();
+        for i in 0..4 {
+            writeln!(late, "late {i} {}", "x".repeat(30)).unwrap();
+        }
+        assert!(dir.join("mh.log.1").exists(), "the late handle rotated");
+        writeln!(early, "early line").unwrap();
+        let current = fs::read_to_string(&path).unwrap();
+        assert!(current.ends_with("early line\n"), "{current:?}");
+        let backup = fs::read_to_string(dir.join("mh.log.1")).unwrap();
+        assert!(!backup.contains("early"), "{backup:?}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rotates_keeps_backups_and_compresses_all_but_the_newest() {
+        let (path, dir, options) = scratch("rotate", true);
         let mut log = LogFile::open(&path, options).unwrap();
         for i in 0..20 {
             write!(log, "line {i:02} ").unwrap();

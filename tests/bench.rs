@@ -248,14 +248,122 @@ fn ips_held(dir: &Path) -> usize {
         .count()
 }
 
-/// Files and bytes in the cache directory (records, locks, anything left).
+/// Files and bytes in the cache directory (records, locks, anything left), tombstones aside.
 fn cache_usage(dir: &Path) -> (usize, u64) {
     std::fs::read_dir(dir.join("cache"))
         .map(|d| {
-            d.filter_map(|e| e.ok()?.metadata().ok())
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name() != "deleted")
+                .filter_map(|e| e.metadata().ok())
                 .fold((0, 0), |(n, b), m| (n + 1, b + m.len()))
         })
         .unwrap_or((0, 0))
+}
+
+/// The tombstones completed DELs left in the cache directory.
+fn tombstones(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("cache/deleted"))
+        .into_iter()
+        .flatten()
+        .filter_map(|hour| std::fs::read_dir(hour.ok()?.path()).ok())
+        .map(|entries| entries.count())
+        .sum()
+}
+
+/// What a DEL costs by what it finds for the attachment (README, "DEL and CHECK"): the record;
+/// a tombstone (the runtime's repeated DEL); nothing (the record lost); a damaged record. For
+/// each, over `n` pods through the API: median time, API requests and delegate runs per DEL,
+/// and a check that nothing leaked.
+fn del_cases(b: &Bench, pods: &[Netns], failures: &mut Vec<String>) {
+    // Wrappers that count the delegates multihome runs (their IPAM comes from CNI_PATH).
+    let spy = b.dir.join("spy");
+    std::fs::create_dir_all(&spy).unwrap();
+    let calls = b.dir.join("spy.calls");
+    for plugin in ["bridge", "macvlan"] {
+        let path = spy.join(plugin);
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\necho \"$CNI_COMMAND\" >> {}\nexec {PLUGINS}/{plugin}\n",
+                calls.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
+    let mut conf = b.api_conf();
+    conf["binDir"] = json!(spy);
+    let conf = conf.to_string();
+    let record = |cid: &str| {
+        b.dir
+            .join("cache")
+            .join(format!("multihome+{cid}+eth0.json"))
+    };
+    let runs = || {
+        std::fs::read_to_string(&calls)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == "DEL")
+            .count()
+    };
+    println!();
+    println!(
+        "{:<44} {:>9} {:>13} {:>14}",
+        "DEL finds (through the API)", "med (ms)", "API requests", "delegate runs"
+    );
+    // What is done to the record after ADD; `None`: no ADD, the previous case's pods again.
+    type Prepare = Option<fn(&Path)>;
+    let cases: [(&str, Prepare); 4] = [
+        ("the record", Some(|_| {})),
+        ("a tombstone (repeated DEL)", None),
+        (
+            "nothing (record lost): re-plans",
+            Some(|r| std::fs::remove_file(r).unwrap()),
+        ),
+        (
+            "a damaged record: re-plans",
+            Some(|r| std::fs::write(r, b"{\"kind\":").unwrap()),
+        ),
+    ];
+    for (round, (label, prepare)) in cases.into_iter().enumerate() {
+        let (mut took, mut requests, mut delegates) = (Vec::new(), 0, 0);
+        for (i, pod) in pods.iter().enumerate() {
+            // The tombstone case DELs again what the record case deleted.
+            let source = if prepare.is_some() { round } else { round - 1 };
+            let cid = format!("delcase-{source}-{i}");
+            if let Some(prepare) = prepare {
+                if let Err(e) = invoke(BIN, &b.env("ADD", &cid, pod, "eth0", i), conf.as_bytes()) {
+                    failures.push(format!("DEL cases, ADD {cid}: {e}"));
+                    continue;
+                }
+                prepare(&record(&cid));
+            }
+            b.api.take_requests();
+            let before = runs();
+            match invoke(BIN, &b.env("DEL", &cid, pod, "eth0", i), conf.as_bytes()) {
+                Ok((t, _)) => took.push(t),
+                Err(e) => failures.push(format!("DEL cases, {label}, {cid}: {e}")),
+            }
+            requests += b.api.take_requests().len();
+            delegates += runs() - before;
+            if !links(pod).is_empty() || record(&cid).exists() {
+                failures.push(format!(
+                    "DEL cases, {label}: {cid} left interfaces or its record"
+                ));
+            }
+        }
+        let n = pods.len().max(1) as f64;
+        println!(
+            "{label:<44} {:>9.2} {:>13.2} {:>14.2}",
+            stats(&took).0,
+            requests as f64 / n,
+            delegates as f64 / n
+        );
+    }
+    if ips_held(&b.dir) > 0 {
+        failures.push("DEL cases: IPs leaked".into());
+    }
 }
 
 const EXPECTED: [&str; 3] = ["eth0", "net1", "net2"];
@@ -751,8 +859,9 @@ fn main() -> ExitCode {
         args.burst as f64 / del_time.as_secs_f64()
     );
     println!(
-        "cniDir after {} ADD/DEL cycles: {cached} files, {cached_bytes} bytes",
-        args.burst
+        "cniDir after {} ADD/DEL cycles: {cached} files, {cached_bytes} bytes; {} tombstones",
+        args.burst,
+        tombstones(&dir)
     );
     failures.extend(errors.into_inner().unwrap());
     if missing + left + leaked + cached > 0 {
@@ -772,13 +881,15 @@ fn main() -> ExitCode {
     }
     let repeated_requests = bench.api.take_requests().len();
     println!(
-        "repeated DEL (no netns, nothing recorded): median {:.2} ms, API requests {repeated_requests}, files left {}",
+        "repeated DEL (no netns, a tombstone): median {:.2} ms, API requests {repeated_requests}, files left {}",
         stats(&repeated).0,
         cache_usage(&dir).0
     );
     if repeated_requests > 0 {
         failures.push("a repeated DEL asked the API".into());
     }
+
+    del_cases(&bench, &pods[..args.pods], &mut failures);
 
     // N ADDs whose DEL never comes (node crash, kubelet state wiped), then the runtime's GC.
     let gc_conf = {

@@ -92,12 +92,14 @@ fn a_gateway_moves_the_default_route_to_the_attachment() {
             ("::/0".to_string(), Some("fe80::1".to_string()))
         ]
     );
+    // `default` marks the cluster-wide default network's attachment (network spec 5.3.5), not
+    // the one that carries the default route: `gateway` tells that.
     let status = k.status("p");
     assert_eq!(
         (status[0]["default"].as_bool(), status[0].get("gateway")),
-        (Some(false), None)
+        (Some(true), None)
     );
-    assert_eq!(status[1]["default"], true);
+    assert_eq!(status[1]["default"], false);
     assert_eq!(status[1]["gateway"], json!(["198.18.1.1", "fe80::1"]));
 
     k.w.run("CHECK", &conf).success();
@@ -135,7 +137,8 @@ fn the_empty_list_keeps_the_attachments_own_default_route_only() {
             status[0]["default"].as_bool(),
             status[1]["default"].as_bool()
         ),
-        (Some(false), Some(true))
+        (Some(true), Some(false)),
+        "default stays on the cluster network"
     );
     k.w.run("CHECK", &conf).success();
     k.run("DEL", &conf, "p", &uid).success();

@@ -384,3 +384,97 @@ fn a_killed_add_leaves_a_record_from_which_del_releases_everything() {
     assert_eq!(w.all_reserved_ips(), vec![]);
     assert_eq!(w.cache_files(), Vec::<String>::new());
 }
+
+/// The record removed by hand (an operator cleaning "stale" files, a cniDir on a tmpfs that a
+/// reboot emptied while the IPAM store survived): DEL cannot know what was attached, re-plans
+/// from the config and releases it all; then it leaves a tombstone, and the runtime's next DEL
+/// is free again.
+#[test]
+fn a_del_whose_record_was_lost_releases_everything_and_the_next_del_is_free() {
+    let w = World::new("lost");
+    w.veth_master("mvm0");
+    let mut conf = w.conf(
+        "1.0.0",
+        vec![
+            w.cluster_net("1.0.0"),
+            w.macvlan_net("1.0.0", "mvm0"),
+            w.ptp_net("1.0.0"),
+        ],
+    );
+    conf["binDir"] = json!(w.spy_bin());
+    w.run("ADD", &conf).success();
+    assert_eq!(w.pod.links().len(), 3, "{:?}", w.pod.links());
+    assert_eq!(w.all_reserved_ips().len(), 3);
+    std::fs::remove_file(w.cache_file()).unwrap();
+
+    w.run("DEL", &conf).success();
+    assert_eq!(w.pod.links(), Vec::<String>::new(), "interfaces left");
+    assert_eq!(w.all_reserved_ips(), vec![], "host-local still holds IPs");
+    assert_eq!(w.cache_files(), Vec::<String>::new());
+    let dels = calls_of(&w, "DEL");
+    for plugin in ["bridge", "macvlan", "ptp"] {
+        assert!(
+            dels.iter()
+                .any(|c| c.starts_with(&format!("DEL {plugin} "))),
+            "{plugin} got no DEL: {dels:?}"
+        );
+    }
+    assert_eq!(w.tombstones().len(), 1, "{:?}", w.tombstones());
+
+    // containerd's second DEL, at sandbox removal: the tombstone makes it free.
+    let calls = w.calls().len();
+    w.run_with("DEL", &conf, &[("CNI_NETNS", "")]).success();
+    assert_eq!(w.calls().len(), calls, "{:?}", w.calls());
+
+    // The same attachment added again: its tombstone is cleared, so losing the new record
+    // still does not leak.
+    w.run("ADD", &conf).success();
+    assert_eq!(w.tombstones(), Vec::<String>::new());
+    std::fs::remove_file(w.cache_file()).unwrap();
+    w.run("DEL", &conf).success();
+    assert_eq!(w.pod.links(), Vec::<String>::new());
+    assert_eq!(w.all_reserved_ips(), vec![]);
+}
+
+/// A failed ADD leaves nothing attached and says so: the runtime's DEL after it is free.
+#[test]
+fn a_del_after_a_failed_add_runs_no_delegate() {
+    let w = World::new("failadd");
+    let mut conf = conf(&w);
+    conf["delegates"][1]["type"] = json!("no-such-plugin");
+    w.run("ADD", &conf).failure();
+    let calls = w.calls().len();
+    w.run("DEL", &conf).success();
+    assert_eq!(w.calls().len(), calls, "{:?}", w.calls());
+    assert_eq!(w.cache_files(), Vec::<String>::new());
+}
+
+/// 1 000 pods added and deleted: cniDir holds no record, lock or temporary file afterwards,
+/// one tombstone per deleted attachment, and tombstones of past hours are gone.
+#[test]
+fn cni_dir_stays_bounded_over_a_thousand_add_del_cycles() {
+    let w = World::new("bounded");
+    let mut conf = w.conf("1.1.0", vec![stub_net()]);
+    conf["binDir"] = json!(w.spy_bin());
+    let old = w.cache_dir().join("deleted").join("1");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("multihome+ctr-old+eth0"), b"").unwrap();
+    for i in 0..1000 {
+        let cid = format!("ctr-{i}");
+        w.run_with("ADD", &conf, &[("CNI_CONTAINERID", &cid)])
+            .success();
+        w.run_with("DEL", &conf, &[("CNI_CONTAINERID", &cid)])
+            .success();
+    }
+    assert_eq!(w.cache_files(), Vec::<String>::new());
+    assert!(!old.exists(), "tombstones of past hours expire");
+    let tombstones = w.tombstones();
+    assert_eq!(tombstones.len(), 1000);
+    assert!(
+        tombstones
+            .iter()
+            .all(|t| t.contains("+ctr-") && t.ends_with("+eth0")),
+        "{:?}",
+        &tombstones[..3]
+    );
+}

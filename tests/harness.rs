@@ -206,13 +206,25 @@ impl World {
             .join(format!("multihome+{}+eth0.json", self.container_id))
     }
 
-    /// The names of the files in the cache directory, sorted.
+    /// The names of the files in the cache directory (records, locks, temporary files),
+    /// sorted; the directory of tombstones aside (see [`World::tombstones`]).
     pub fn cache_files(&self) -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir(self.cache_dir()) else {
-            return vec![];
-        };
-        let mut names: Vec<String> = entries
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        sorted_names(&self.cache_dir())
+            .into_iter()
+            .filter(|n| n != "deleted")
+            .collect()
+    }
+
+    /// The tombstones completed DELs left: `hour/attachment`, sorted.
+    pub fn tombstones(&self) -> Vec<String> {
+        let root = self.cache_dir().join("deleted");
+        let mut names: Vec<String> = sorted_names(&root)
+            .into_iter()
+            .flat_map(|hour| {
+                sorted_names(&root.join(&hour))
+                    .into_iter()
+                    .map(move |n| format!("{hour}/{n}"))
+            })
             .collect();
         names.sort();
         names
@@ -492,6 +504,18 @@ pub fn wait_until(what: &str, done: impl Fn() -> bool) {
 }
 
 /// Writes an executable `/bin/sh` script.
+/// The names of the entries of `dir` (none when it does not exist), sorted.
+pub fn sorted_names(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return vec![];
+    };
+    let mut names: Vec<String> = entries
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 pub fn write_script(path: &Path, body: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, format!("#!/bin/sh\n{body}")).unwrap();

@@ -772,3 +772,34 @@ fn nad_policy_keeps_tenants_off_the_nodes_interfaces() {
         );
     }
 }
+
+/// The record lost (a cniDir on a tmpfs a reboot emptied, a hand clean-up): DEL re-plans from
+/// the pod's annotation and its NADs and releases every network; the runtime's next DEL is free
+/// and asks the API nothing.
+#[test]
+fn a_del_whose_record_was_lost_releases_the_pods_nads_too() {
+    let k = Kube::new("k8lost");
+    let uid = k.pod(
+        "p",
+        json!({"k8s.v1.cni.cncf.io/networks": "macvlan-net,ptp-net"}),
+    );
+    let conf = k.conf();
+    k.run("ADD", &conf, "p", &uid).success();
+    assert_eq!(k.w.pod.links().len(), 3);
+    assert_eq!(k.w.all_reserved_ips().len(), 3);
+    std::fs::remove_file(k.w.cache_file()).unwrap();
+    k.api.take_requests();
+
+    k.run("DEL", &conf, "p", &uid).success();
+    k.assert_clean();
+    assert_eq!(k.w.cache_files(), Vec::<String>::new());
+    let asked = k.api.take_requests();
+    assert!(
+        asked.iter().any(|r| r.contains("/pods/p")),
+        "the pod's networks come from the API: {asked:?}"
+    );
+
+    k.run("DEL", &conf, "p", &uid).success();
+    assert_eq!(k.api.take_requests(), Vec::<String>::new());
+    assert_eq!(k.w.cache_files(), Vec::<String>::new());
+}

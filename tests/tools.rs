@@ -435,6 +435,104 @@ fn log_rotation_under_four_concurrent_writers_loses_no_line_and_keeps_max_backup
     }
 }
 
+/// A process that opened `logFile` before others rotated it writes its line to the file that
+/// is `logFile` then, not to the backup its handle became: over 20 rounds, 4 writers each
+/// start an ADD held inside its delegate, 40 quick ADDs of the 4 rotate the log under them,
+/// then each held ADD ends with an error line, its writer's last, which must be the last line of
+/// the current file.
+#[test]
+fn after_a_rotation_every_writers_last_line_is_in_the_current_file() {
+    use std::os::unix::fs::MetadataExt;
+    let w = crate::harness::World::new("logstale");
+    let bin = w.dir.join("holdbin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let d = w.dir.display();
+    // ADD waits for its release file, then fails; DEL succeeds at once.
+    crate::harness::write_script(
+        &bin.join("holder"),
+        &format!(
+            "cat >/dev/null\n[ \"$CNI_COMMAND\" = ADD ] || exit 0\ntouch {d}/started-$CNI_CONTAINERID\nwhile [ ! -e {d}/release-$CNI_CONTAINERID ]; do sleep 0.02; done\necho '{{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"released\"}}'\nexit 1\n"
+        ),
+    );
+    let log = w.dir.join("stale.log");
+    let mut conf = w.conf(
+        "1.0.0",
+        vec![json!({"cniVersion": "1.0.0", "name": "hold", "type": "holder"})],
+    );
+    conf["binDir"] = json!(bin);
+    conf["logFile"] = json!(log);
+    conf["logLevel"] = json!("error");
+    conf["logToStderr"] = json!(false);
+    // The quick writers' lines are twice as long as the held ones; the log holds nine and
+    // three quarters of them, so each rotation leaves room a held line would fit in (a writer that only
+    // reopened when its line no longer fitted would write it to the backup).
+    let quick =
+        |round: usize, t: usize, i: usize| format!("quick-{round}-w{t}-{i}-{}", "q".repeat(200));
+    let mut probe = conf.clone();
+    probe["logFile"] = json!(w.dir.join("probe.log"));
+    w.run_with(
+        "ADD",
+        &probe,
+        &[
+            ("CNI_CONTAINERID", &quick(0, 0, 0)),
+            ("CNI_NETNS", "/nonexistent"),
+        ],
+    )
+    .failure();
+    let line = std::fs::read_to_string(w.dir.join("probe.log"))
+        .unwrap()
+        .len();
+    let max_size = (line * 39 / 4) as f64 / 1_048_576.0;
+    conf["logOptions"] = json!({"maxSize": max_size, "maxBackups": 100, "compress": false});
+    for round in 0..20 {
+        let held: Vec<(String, std::process::Child)> = (0..4)
+            .map(|t| {
+                let cid = format!("held-{round}-w{t}");
+                let child = w.spawn_with("ADD", &conf, &[("CNI_CONTAINERID", &cid)]);
+                (cid, child)
+            })
+            .collect();
+        for (cid, _) in &held {
+            crate::harness::wait_until("the held ADD is in its delegate", || {
+                w.dir.join(format!("started-{cid}")).exists()
+            });
+        }
+        let before = std::fs::metadata(&log).map(|m| m.ino()).ok();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (w, conf, quick) = (&w, &conf, &quick);
+                s.spawn(move || {
+                    for i in 0..10 {
+                        let cid = quick(round, t, i);
+                        w.run_with(
+                            "ADD",
+                            conf,
+                            &[("CNI_CONTAINERID", &cid), ("CNI_NETNS", "/nonexistent")],
+                        )
+                        .failure();
+                    }
+                });
+            }
+        });
+        assert_ne!(
+            std::fs::metadata(&log).map(|m| m.ino()).ok(),
+            before,
+            "round {round}: the quick writers rotated the log"
+        );
+        for (cid, child) in held {
+            std::fs::write(w.dir.join(format!("release-{cid}")), b"").unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(!out.status.success(), "{cid}: the held ADD fails");
+            let current = std::fs::read_to_string(&log).unwrap();
+            let last = current.lines().last().unwrap_or_default();
+            assert!(
+                last.contains(&format!("ADD {cid}")) && last.contains("released"),
+                "round {round}: {cid}'s line is not the current file's last: {last:?}"
+            );
+        }
+    }
+}
+
 /// The tool's command line as an operator meets it: help on stdout and exit 0, a usage error
 /// on stderr naming the option and exit 2 (as Go's and clap's parsers do), no verb run.
 #[test]

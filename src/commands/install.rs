@@ -70,8 +70,11 @@ Options:
       --skip-config-watch      Do not watch the primary config and the service account after
                                installing
       --once                   Install once and exit (an init container)
-      --cni-conf-dir-host DIR  The host's path of --cni-conf-dir, for clusterNetwork in the
-                               generated config [default: /etc/cni/net.d]
+      --cni-conf-dir-host DIR  The host's path of --cni-conf-dir: the generated config then
+                               names the primary by that path (clusterNetwork) and follows it
+                               without a rewrite. Without it, the primary is copied into the
+                               generated config (delegates, as Multus does) and rewritten when
+                               it changes, which works whatever the host's conf dir is
       --service-account-dir DIR
                                The pod's service-account directory (token, ca.crt)
                                [default: /var/run/secrets/kubernetes.io/serviceaccount]
@@ -104,7 +107,7 @@ pub struct Args {
     pub(super) cleanup_config_on_exit: bool,
     pub(super) skip_config_watch: bool,
     once: bool,
-    cni_conf_dir_host: PathBuf,
+    cni_conf_dir_host: Option<PathBuf>,
     pub(super) service_account_dir: PathBuf,
     nad_policy: Option<PathBuf>,
     primary_timeout: u64,
@@ -132,7 +135,7 @@ impl Args {
             cleanup_config_on_exit: false,
             skip_config_watch: false,
             once: false,
-            cni_conf_dir_host: "/etc/cni/net.d".into(),
+            cni_conf_dir_host: None,
             service_account_dir: crate::k8s::access::SERVICE_ACCOUNT_DIR.into(),
             nad_policy: None,
             primary_timeout: 120,
@@ -157,7 +160,7 @@ impl Args {
                 "cleanup-config-on-exit" => a.cleanup_config_on_exit = cli::flag(p, name)?,
                 "skip-config-watch" => a.skip_config_watch = cli::flag(p, name)?,
                 "once" => a.once = cli::flag(p, name)?,
-                "cni-conf-dir-host" => a.cni_conf_dir_host = cli::path(p)?,
+                "cni-conf-dir-host" => a.cni_conf_dir_host = Some(cli::path(p)?),
                 "service-account-dir" => a.service_account_dir = cli::path(p)?,
                 "nad-policy" => a.nad_policy = Some(cli::path(p)?),
                 "primary-timeout" => a.primary_timeout = cli::seconds(p, name)?,
@@ -222,6 +225,10 @@ pub(super) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<bool>
         f.write_all(bytes)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.sync_all()?;
+        // Closed before it takes the name: an exec of an executable that is still open for
+        // writing fails with "text file busy", so a runtime starting the binary the instant
+        // it appears would fail a pod start.
+        drop(f);
         fs::rename(&tmp, path)?;
         fs::File::open(dir)?.sync_all()
     };
@@ -277,8 +284,18 @@ pub(super) fn write_kubeconfig(args: &Args) -> Result<()> {
         .mode(0o700)
         .create(&dir)
         .with_context(|| format!("creating {}", dir.display()))?;
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("chmod {}", dir.display()))?;
+    // Only when needed: a chmod is an IN_ATTRIB event in the watched conf dir, and a pass that
+    // always made one would wake the watch for ever.
+    let loose = fs::metadata(&dir)
+        .with_context(|| format!("stat {}", dir.display()))?
+        .permissions()
+        .mode()
+        & 0o077
+        != 0;
+    if loose {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod {}", dir.display()))?;
+    }
     let host = if host.contains(':') {
         format!("[{host}]")
     } else {
@@ -474,13 +491,20 @@ fn render(args: &Args, primary: &Path) -> Result<(Vec<u8>, String)> {
             }
         }
     }
-    let name = primary.file_name().unwrap_or_default();
     let mut plugin = json!({
         "type": "multihome",
-        "clusterNetwork": args.cni_conf_dir_host.join(name),
         "kubeconfig": args.multus_kubeconfig_file_host,
         "logToStderr": false,
     });
+    // The host's path of the conf dir is known only when given: the same default as Multus's
+    // would name a file that does not exist on k3s, RKE2 or microk8s. Without it, the primary
+    // travels inside the config, which the watch rewrites whenever the primary changes.
+    match &args.cni_conf_dir_host {
+        Some(host) => {
+            plugin["clusterNetwork"] = json!(host.join(primary.file_name().unwrap_or_default()));
+        }
+        None => plugin["delegates"] = json!([value.clone()]),
+    }
     if !capabilities.is_empty() {
         plugin["capabilities"] = Value::Object(capabilities);
     }
@@ -564,7 +588,7 @@ mod tests {
         assert_eq!(a.primary_timeout, 5);
         // What was not given keeps Multus's defaults.
         assert_eq!(a.multus_conf_file, "auto");
-        assert_eq!(a.cni_conf_dir_host, Path::new("/etc/cni/net.d"));
+        assert_eq!(a.cni_conf_dir_host, None);
         assert_eq!(
             a.multus_kubeconfig_file_host,
             Path::new("/etc/cni/net.d/multus.d/multus.kubeconfig")

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 
 use super::{Invocation, del_attachments};
-use crate::cache::{Cache, CachedAttachment, Durability, KIND, Lock, Record};
+use crate::cache::{Cache, CachedAttachment, Durability, KIND, Key, Lock, Record};
 use crate::cni::result::convert;
 use crate::config::NetConf;
 use crate::default_route;
@@ -25,15 +25,19 @@ const READINESS_POLL: Duration = Duration::from_millis(100);
 /// ADD: attach every planned network; returns the cluster network's result in the caller's
 /// version. On failure nothing stays attached.
 pub fn add(inv: &Invocation) -> Result<Value> {
-    wait_for_readiness(&inv.conf)?;
     let cache = inv.cache();
+    let key = inv.key();
+    if let Err(e) = wait_for_readiness(&inv.conf) {
+        attached_nothing(&cache, cache.lock(&key)?, &key);
+        return Err(e);
+    }
     // Held from here on: an ADD racing another ADD or a DEL of the same attachment must see
     // what that one left, interfaces and record alike.
-    let lock = cache.lock(&inv.key())?;
+    let lock = cache.lock(&key)?;
     let (kube, attachments, netns) = match prepare(inv, &cache, &lock) {
         Ok(prepared) => prepared,
         Err(e) => {
-            cache.unlock(lock);
+            attached_nothing(&cache, lock, &key);
             return Err(e);
         }
     };
@@ -51,9 +55,11 @@ pub fn add(inv: &Invocation) -> Result<Value> {
             .collect(),
     };
     // Recorded durably before the first delegate runs, so DEL knows the whole plan whatever
-    // happens next (the process killed, the node losing power). It follows that no record means
-    // nothing was attached, and a DEL without one (a repeated DEL) costs nothing.
+    // happens next (the process killed, the node losing power).
     cache.save(&lock, &record, Durability::Durable)?;
+    // The record speaks for the attachment now; a tombstone of an earlier DEL of the same key
+    // would make a DEL after the record's loss believe nothing is attached.
+    cache.clear_tombstone(&key);
 
     for k in 0..record.attachments.len() {
         let att = &record.attachments[k].attachment;
@@ -64,27 +70,21 @@ pub fn add(inv: &Invocation) -> Result<Value> {
             }
             Err(err) => {
                 let err = err.context(format!("adding network {:?} as {}", att.name, att.ifname));
-                rollback(&runner, &cache, lock, &mut record, Some(k))?;
+                rollback(&runner, &cache, lock, &key, &mut record, Some(k))?;
                 return Err(err);
             }
         }
     }
-    let mut default_index = 0;
-    let request = record.attachments.iter().enumerate().find_map(|(r, a)| {
+    let request = record.attachments.iter().find_map(|a| {
         let gateways = a.attachment.default_route.clone()?;
-        Some((r, a.attachment.ifname.clone(), gateways))
+        Some((a.attachment.ifname.clone(), gateways))
     });
-    if let Some((r, ifname, gateways)) = request {
-        let settled = default_route::settle(&netns, &ifname, &gateways).and_then(|routes| {
-            default_route::rewrite_results(&mut record, &ifname, &routes).map(|()| routes)
-        });
-        match settled {
-            Ok(routes) if default_route::carries(&routes, &ifname) => default_index = r,
-            Ok(_) => {}
-            Err(err) => {
-                rollback(&runner, &cache, lock, &mut record, None)?;
-                return Err(err);
-            }
+    if let Some((ifname, gateways)) = request {
+        let settled = default_route::settle(&netns, &ifname, &gateways)
+            .and_then(|routes| default_route::rewrite_results(&mut record, &ifname, &routes));
+        if let Err(err) = settled {
+            rollback(&runner, &cache, lock, &key, &mut record, None)?;
+            return Err(err);
         }
     }
     // The results matter to DEL (prevResult, a moved host link's name) but not to its safety:
@@ -92,12 +92,11 @@ pub fn add(inv: &Invocation) -> Result<Value> {
     let saved = cache.save(&lock, &record, Durability::Atomic);
     let reported = saved.and_then(|()| {
         kube.as_ref().map_or(Ok(()), |kube| {
-            report::report_status(kube, &record, default_index)
-                .inspect(|()| report::send_events(kube, &record))
+            report::report_status(kube, &record).inspect(|()| report::send_events(kube, &record))
         })
     });
     if let Err(err) = reported {
-        rollback(&runner, &cache, lock, &mut record, None)?;
+        rollback(&runner, &cache, lock, &key, &mut record, None)?;
         return Err(err);
     }
     cache.unlock(lock);
@@ -179,6 +178,7 @@ fn rollback(
     runner: &Runner,
     cache: &Cache,
     lock: Lock,
+    key: &Key,
     record: &mut Record,
     failed: Option<usize>,
 ) -> Result<()> {
@@ -194,12 +194,25 @@ fn rollback(
         record.attachments.truncate(failed);
     }
     match del_attachments(runner, &record.attachments) {
-        Ok(()) => cache.remove(lock),
+        Ok(()) => {
+            cache.leave_tombstone(key);
+            cache.remove(lock)
+        }
         Err(e) => {
             log::error!("rollback after failed ADD left errors (record kept for DEL): {e:#}");
             cache.save(&lock, record, Durability::Durable)
         }
     }
+}
+
+/// An ADD that failed before its record was written: nothing is attached, which a tombstone
+/// tells the runtime's DEL that follows. A record already there (an earlier ADD's, a stale one)
+/// still speaks for the attachment.
+fn attached_nothing(cache: &Cache, lock: Lock, key: &Key) {
+    if matches!(cache.load(&lock), Ok(None)) {
+        cache.leave_tombstone(key);
+    }
+    cache.unlock(lock);
 }
 
 /// Waits (bounded) for `readinessindicatorfile`, the cluster network's signal that it is ready.

@@ -1,7 +1,8 @@
 //! GC (CNI 1.1): tear down every recorded attachment of this network that the runtime no longer
 //! lists in `cni.dev/valid-attachments`, exactly as DEL would; reclaim what crashed processes
-//! left (temporary and lock files); then forward GC to each delegate network with its own valid
-//! attachments, so delegate IPAM can reclaim leaks multihome never knew about. No API needed.
+//! left (temporary and lock files) and expired tombstones; then forward GC to each delegate
+//! network with its own valid attachments, so delegate IPAM can reclaim leaks multihome never
+//! knew about. No API needed.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::SystemTime;
@@ -10,7 +11,7 @@ use anyhow::Result;
 use serde_json::Value;
 
 use super::{Invocation, reported, static_networks};
-use crate::cache::{Lock, Record};
+use crate::cache::{Key, Lock, Record};
 use crate::config::{NetConf, NetworkConfig};
 use crate::error::{CniError, Code, coded};
 use crate::flows::del::teardown;
@@ -36,7 +37,12 @@ pub fn gc(inv: &Invocation) -> Result<()> {
             }
             Ok(Some(r)) => {
                 let runner = inv.runner_in(&r.container_id, r.netns.clone());
-                if let Err(e) = teardown(&runner, &cache, lock, &r, false) {
+                let key = Key {
+                    network: inv.conf.name.clone(),
+                    container_id: r.container_id.clone(),
+                    ifname: r.ifname.clone(),
+                };
+                if let Err(e) = teardown(&runner, &cache, lock, &key, &r, false) {
                     errors.push(format!(
                         "container {} ({}): {}",
                         r.container_id,
@@ -74,6 +80,7 @@ pub fn gc(inv: &Invocation) -> Result<()> {
             valid.contains(&(r.container_id.clone(), r.ifname.clone()))
         });
     }
+    cache.expire_tombstones();
     forward(inv, &kept, &removed, &mut errors);
     reported("GC", "item(s)", &errors)
 }

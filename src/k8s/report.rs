@@ -13,10 +13,11 @@ use crate::cni::version::Version;
 use crate::error::CniError;
 use crate::resolve::Kube;
 
-/// The status entries of the recorded attachments, results read in the 1.0 shape. The
-/// attachment `default_index` is the pod's default network: the cluster network, or the one
-/// that took over the default route.
-fn status_of(record: &Record, default_index: usize) -> Result<Value> {
+/// The status entries of the recorded attachments, results read in the 1.0 shape. The first
+/// attachment is the cluster-wide default network's and the only one marked `default` (network
+/// spec 5.3.5), whichever carries the default route: `gateway` says where that goes, and
+/// consumers (KubeVirt) take the `default` entry for the pod's primary network.
+fn status_of(record: &Record) -> Result<Value> {
     let v1 = Version::new(1, 0, 0);
     let results: Vec<Value> = record
         .attachments
@@ -34,7 +35,7 @@ fn status_of(record: &Record, default_index: usize) -> Result<Value> {
         .map(|(i, (a, result))| StatusInput {
             name: &a.attachment.name,
             ifname: &a.attachment.ifname,
-            default: i == default_index,
+            default: i == 0,
             result,
             device_info: a.attachment.device_info.as_ref(),
         })
@@ -45,12 +46,11 @@ fn status_of(record: &Record, default_index: usize) -> Result<Value> {
 /// Writes `network-status` with a merge PATCH of the pod's status subresource: only that
 /// annotation changes, so nothing else written by others can be lost. A pod deleted meanwhile
 /// is not an error (its DEL is coming).
-pub(crate) fn report_status(kube: &Kube, record: &Record, default_index: usize) -> Result<()> {
+pub(crate) fn report_status(kube: &Kube, record: &Record) -> Result<()> {
     let (Some(pod), Some(r), Some(client)) = (&kube.pod, &kube.pod_ref, kube.client()) else {
         return Ok(());
     };
-    let status = serde_json::to_string(&status_of(record, default_index)?)
-        .context("encoding network-status")?;
+    let status = serde_json::to_string(&status_of(record)?).context("encoding network-status")?;
     let patch = json!({"metadata": {"annotations": {annotations::NETWORK_STATUS: status}}});
     match client.patch_pod_status(&r.namespace, &r.name, &patch) {
         Err(e) if CniError::from_anyhow(&e).msg.contains("pod not found") => {
