@@ -8,7 +8,7 @@ TARGET ?= $(shell rustc -vV | sed -n 's/^host: //p')
 STATIC_RUSTFLAGS := -C target-feature=+crt-static -C relocation-model=static
 BIN := target/$(TARGET)/release/multihome
 
-.PHONY: all build instructions deps demo test unit lint install clean bench fuzz static-check image image-check manifests
+.PHONY: all build instructions deps demo test unit lint install clean bench fuzz static-check image image-check manifests cluster cluster-down e2e
 
 all: build
 
@@ -80,3 +80,16 @@ image-check: build
 ## manifests: validate conf/ against the Kubernetes schemas and the NAD CRD, offline
 manifests:
 	scripts/validate-manifests.sh
+
+## cluster: a real one-node Kubernetes in namespaces of its own, multihome installed from its image
+## and manifests (scripts/cluster.sh; the server binaries are built from Debian's source once,
+## then cached); cluster-down removes it
+cluster:
+	scripts/cluster.sh up && scripts/cluster.sh install
+
+cluster-down:
+	scripts/cluster.sh down
+
+## e2e: start the cluster, install multihome from its image and manifests, run tests/e2e, stop it
+e2e: deps
+	scripts/cluster.sh up && $(CARGO) test $(LOCKED) --test e2e -- --nocapture; rc=$$?; scripts/cluster.sh down; exit $$rc

@@ -1,0 +1,546 @@
+//! End-to-end tests on a real one-node Kubernetes (`scripts/cluster.sh up`; `make e2e` starts
+//! it, runs these and stops it): kube-apiserver, kubelet and containerd, multihome installed the
+//! way a user installs it (its image, `kubectl apply -f conf/multihome-daemonset.yml`), pods
+//! created and inspected through kubectl only. Without a cluster they fail, saying how to start
+//! one; `cargo test` does not build them (`make e2e` does).
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Value, json};
+
+/// The running cluster, as `scripts/cluster.sh` left it.
+struct Cluster {
+    /// The node's network namespace, where the API server listens.
+    netns: String,
+    kubeconfig: PathBuf,
+    /// The node's directories (what it sees as /var/lib/cni, /etc/cni/net.d, ...).
+    node: PathBuf,
+    /// The API server's audit log (every request, at the Metadata level).
+    audit: PathBuf,
+    /// How long the pod started before multihome took to be Running (the bridge alone).
+    bridge_alone: Duration,
+}
+
+const NETWORKS: &str = "k8s.v1.cni.cncf.io/networks";
+const STATUS: &str = "k8s.v1.cni.cncf.io/network-status";
+
+/// The cluster with multihome installed, once per run. First, a pod is started on the primary
+/// network alone, before multihome exists: [`a_pod_started_before_multihome_is_released_after`]
+/// deletes it afterwards.
+fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let work = PathBuf::from(
+            std::env::var("MH_CLUSTER_DIR").unwrap_or("/tmp/multihome-cluster".into()),
+        );
+        let netns = std::fs::read_to_string(work.join("netns")).unwrap_or_else(|_| {
+            panic!(
+                "no cluster in {}: run `scripts/cluster.sh up` first (`make e2e` does)",
+                work.display()
+            )
+        });
+        let mut c = Cluster {
+            netns: netns.trim().to_string(),
+            kubeconfig: work.join("admin.kubeconfig"),
+            node: work.join("node"),
+            audit: work.join("audit.log"),
+            bridge_alone: Duration::ZERO,
+        };
+        c.bridge_alone = c.start(&pod("before-multihome", json!({})));
+        c.kubectl_ok(&["apply", "-f", "conf/multihome-daemonset.yml"]);
+        c.wait_until("the DaemonSet's pod is ready", || {
+            c.get("daemonset", "kube-system", "multihome")["status"]["numberReady"] == 1
+        });
+        c.wait_until("multihome's config is written", || {
+            c.node.join("conf/00-multihome.conflist").exists()
+        });
+        for nad in nads() {
+            c.apply(&nad);
+        }
+        c
+    })
+}
+
+impl Cluster {
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns, "kubectl"])
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("running kubectl");
+        if let Some(text) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args, None);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn apply(&self, object: &Value) {
+        let out = self.kubectl(&["apply", "-f", "-"], Some(&object.to_string()));
+        assert!(
+            out.status.success(),
+            "apply {object}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// An object as JSON (`Null` when it does not exist).
+    fn get(&self, kind: &str, namespace: &str, name: &str) -> Value {
+        let out = self.kubectl(&["-n", namespace, "get", kind, name, "-o", "json"], None);
+        if !out.status.success() {
+            return Value::Null;
+        }
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn pod(&self, name: &str) -> Value {
+        self.get("pod", "default", name)
+    }
+
+    fn wait_until(&self, what: &str, done: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "timed out waiting until {what}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Creates the pod afresh (one of the same name left by an earlier run is deleted first)
+    /// and waits until it is Running; how long that took.
+    fn start(&self, pod: &Value) -> Duration {
+        let name = pod["metadata"]["name"].as_str().unwrap();
+        self.kubectl_ok(&["delete", "pod", name, "--ignore-not-found", "--wait=true"]);
+        let started = Instant::now();
+        self.apply(pod);
+        self.wait_running(name);
+        started.elapsed()
+    }
+
+    /// `VERB resource[/subresource]` of every request the API server received for `user`
+    /// since `since` about the objects `names` (events named after one of them included).
+    fn requests_about(&self, user: &str, names: &[&str], since: SystemTime) -> Vec<String> {
+        // RFC 3339 in UTC with microseconds, as the audit log writes it: compared as text.
+        let since = humantime::format_rfc3339_micros(since).to_string();
+        let text = std::fs::read_to_string(&self.audit).unwrap();
+        let mut found: Vec<String> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["stage"] == "ResponseComplete" && e["user"]["username"] == user)
+            .filter(|e| e["requestReceivedTimestamp"].as_str() >= Some(since.as_str()))
+            .filter(|e| {
+                let object = e["objectRef"]["name"].as_str().unwrap_or_default();
+                // An event is named after its object: "<pod>.<hex>".
+                let of = object.split('.').next().unwrap_or_default();
+                names.contains(&object)
+                    || (e["objectRef"]["resource"] == "events" && names.contains(&of))
+            })
+            .map(|e| {
+                let object = &e["objectRef"];
+                let sub = object["subresource"]
+                    .as_str()
+                    .map(|s| format!("/{s}"))
+                    .unwrap_or_default();
+                format!(
+                    "{} {}{sub}",
+                    e["verb"].as_str().unwrap_or_default(),
+                    object["resource"].as_str().unwrap_or_default()
+                )
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
+    fn wait_running(&self, name: &str) {
+        self.wait_until(&format!("pod {name} is Running"), || {
+            self.pod(name)["status"]["phase"] == "Running"
+        });
+    }
+
+    /// Deletes the pod and waits until the API no longer has it (kubelet ran its DEL).
+    fn delete(&self, name: &str) {
+        self.kubectl_ok(&["delete", "pod", name, "--wait=false"]);
+        self.wait_until(&format!("pod {name} is gone"), || self.pod(name).is_null());
+    }
+
+    /// The pod's network-status.
+    fn status(&self, name: &str) -> Vec<Value> {
+        let text = self.pod(name)["metadata"]["annotations"][STATUS]
+            .as_str()
+            .unwrap_or_else(|| panic!("pod {name} has no {STATUS}"))
+            .to_string();
+        serde_json::from_str::<Value>(&text)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// The pod's network-status as `name interface[ default]`, one entry per attachment.
+    fn attachments(&self, name: &str) -> Vec<String> {
+        self.status(name)
+            .iter()
+            .map(|s| {
+                let default = if s["default"] == true { " default" } else { "" };
+                format!(
+                    "{} {}{default}",
+                    s["name"].as_str().unwrap(),
+                    s["interface"].as_str().unwrap()
+                )
+            })
+            .collect()
+    }
+
+    /// `(interface, [addresses])` inside the pod, as its own `ip` sees them.
+    fn interfaces(&self, name: &str) -> Vec<(String, Vec<String>)> {
+        let out = self.kubectl_ok(&["exec", name, "--", "ip", "-o", "addr", "show"]);
+        let mut found: Vec<(String, Vec<String>)> = Vec::new();
+        for line in out.lines() {
+            // "3: eth0    inet 198.18.8.5/24 brd ... scope global eth0"
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let (Some(ifname), Some(family), Some(addr)) =
+                (words.get(1), words.get(2), words.get(3))
+            else {
+                continue;
+            };
+            if *ifname == "lo" || *family != "inet" {
+                continue;
+            }
+            let ifname = ifname.split('@').next().unwrap().to_string();
+            match found.iter_mut().find(|(n, _)| *n == ifname) {
+                Some((_, addrs)) => addrs.push(addr.to_string()),
+                None => found.push((ifname, vec![addr.to_string()])),
+            }
+        }
+        found.sort();
+        found
+    }
+
+    /// The messages of the pod's events with `reason`.
+    fn events(&self, name: &str, reason: &str) -> Vec<String> {
+        let out = self.kubectl_ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={name},reason={reason}"),
+            "-o",
+            "json",
+        ]);
+        let list: Value = serde_json::from_str(&out).unwrap();
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// The IPs host-local holds for `network` on the node.
+    fn held_ips(&self, network: &str) -> Vec<String> {
+        let dir = self.node.join("cni-cache/networks").join(network);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return vec![];
+        };
+        entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+            .collect()
+    }
+
+    /// multihome's records (in its default cniDir on the node) of the pod with `uid`.
+    fn records_of(&self, uid: &str) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(self.node.join("cni-cache/multus")) else {
+            return vec![];
+        };
+        entries
+            .filter_map(|e| Some(e.ok()?.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains(uid)))
+            .collect()
+    }
+}
+
+/// A busybox pod in `default` that sleeps, with `annotations`.
+fn pod(name: &str, annotations: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "annotations": annotations},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "main", "image": "localhost/busybox:e2e",
+                            "imagePullPolicy": "Never", "command": ["sleep", "3600"]}]
+        }
+    })
+}
+
+fn nad(name: &str, config: Value) -> Value {
+    json!({
+        "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"config": config.to_string()}
+    })
+}
+
+/// A macvlan NAD on the node's second interface and a bridge NAD, each with host-local.
+fn nads() -> Vec<Value> {
+    vec![
+        nad(
+            "macvlan-net",
+            json!({"cniVersion": "1.0.0", "name": "macvlan-net", "type": "macvlan",
+                   "master": "mhk1", "mode": "bridge", "capabilities": {"mac": true},
+                   "ipam": {"type": "host-local", "subnet": "198.18.9.0/24"}}),
+        ),
+        nad(
+            "bridge-net",
+            json!({"cniVersion": "1.0.0", "name": "bridge-net", "type": "bridge",
+                   "bridge": "mhbr1",
+                   "ipam": {"type": "host-local", "subnet": "198.18.10.0/24"}}),
+        ),
+    ]
+}
+
+#[test]
+fn the_short_form_gives_the_pod_its_networks_status_and_events() {
+    let c = cluster();
+    c.apply(&pod(
+        "short",
+        json!({NETWORKS: "macvlan-net@data0, default/bridge-net"}),
+    ));
+    c.wait_running("short");
+    let ifs = c.interfaces("short");
+    let names: Vec<&str> = ifs.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["data0", "eth0", "net2"], "{ifs:?}");
+    let subnet_of = |n: &str| {
+        ifs.iter().find(|(i, _)| i == n).unwrap().1[0]
+            .rsplit_once('.')
+            .unwrap()
+            .0
+            .to_string()
+    };
+    assert_eq!(subnet_of("eth0"), "198.18.8");
+    assert_eq!(subnet_of("data0"), "198.18.9");
+    assert_eq!(subnet_of("net2"), "198.18.10");
+
+    assert_eq!(
+        c.attachments("short"),
+        [
+            "cbr eth0 default",
+            "default/macvlan-net data0",
+            "default/bridge-net net2"
+        ]
+    );
+    let events = c.events("short", "AddedInterface");
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(
+        events.iter().any(|e| e.starts_with("Add data0 [198.18.9.")),
+        "{events:?}"
+    );
+    c.delete("short");
+}
+
+#[test]
+fn json_selection_sets_the_interface_name_and_mac() {
+    let c = cluster();
+    let networks = json!([
+        {"name": "macvlan-net", "interface": "fixed0", "mac": "02:00:5e:10:00:42"},
+        {"name": "bridge-net", "default-route": []}
+    ]);
+    c.apply(&pod("selected", json!({NETWORKS: networks.to_string()})));
+    c.wait_running("selected");
+    let link = c.kubectl_ok(&["exec", "selected", "--", "ip", "link", "show", "fixed0"]);
+    assert!(link.contains("02:00:5e:10:00:42"), "{link}");
+    let status = c.status("selected");
+    assert_eq!(status[1]["mac"], "02:00:5e:10:00:42");
+    assert_eq!(status[2]["interface"], "net2");
+    assert_eq!(
+        status[0]["default"], true,
+        "default stays on the cluster network"
+    );
+    c.delete("selected");
+}
+
+#[test]
+fn a_missing_nad_holds_the_pod_until_it_is_created() {
+    let c = cluster();
+    c.apply(&pod("waits", json!({NETWORKS: "late-net"})));
+    c.wait_until("multihome's error is on the pod's events", || {
+        c.events("waits", "FailedCreatePodSandBox")
+            .iter()
+            .any(|m| m.contains("late-net"))
+    });
+    assert_ne!(c.pod("waits")["status"]["phase"], "Running");
+    c.apply(&nad(
+        "late-net",
+        json!({"cniVersion": "1.0.0", "name": "late-net", "type": "bridge", "bridge": "mhbr2",
+               "ipam": {"type": "host-local", "subnet": "198.18.11.0/24"}}),
+    ));
+    c.wait_running("waits");
+    assert_eq!(c.status("waits").len(), 2);
+    c.delete("waits");
+}
+
+#[test]
+fn deleting_a_pod_releases_every_ip_and_leaves_no_record() {
+    let c = cluster();
+    c.apply(&pod(
+        "released",
+        json!({NETWORKS: "macvlan-net, bridge-net"}),
+    ));
+    c.wait_running("released");
+    let uid = c.pod("released")["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let status = c.status("released");
+    let ips: Vec<String> = status
+        .iter()
+        .map(|s| s["ips"][0].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        c.held_ips("bridge-net").contains(&ips[2]),
+        "{ips:?} {:?}",
+        c.held_ips("bridge-net")
+    );
+    assert_eq!(
+        c.records_of(&uid).len(),
+        1,
+        "one record for the pod's attachment"
+    );
+    c.delete("released");
+    // kubelet tears the sandbox down after the API object is gone, in its own time.
+    c.wait_until("the pod's record is removed", || {
+        c.records_of(&uid).is_empty()
+    });
+    for (network, ip) in ["cbr", "macvlan-net", "bridge-net"].iter().zip(&ips) {
+        c.wait_until(&format!("{network} releases {ip} of pod {uid}"), || {
+            !c.held_ips(network).contains(ip)
+        });
+    }
+}
+
+#[test]
+fn a_pod_started_before_multihome_is_released_after() {
+    let c = cluster();
+    let ip = c.pod("before-multihome")["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(c.held_ips("cbr").contains(&ip));
+    c.delete("before-multihome");
+    c.wait_until(
+        &format!("the primary IP {ip} of a pod older than multihome is released"),
+        || !c.held_ips("cbr").contains(&ip),
+    );
+}
+
+#[test]
+fn a_bad_annotation_is_an_event_naming_it_and_the_pod_never_starts() {
+    let c = cluster();
+    c.apply(&pod(
+        "badnote",
+        json!({NETWORKS: "[{\"name\": \"macvlan-net\""}),
+    ));
+    c.wait_until("multihome's error is on the pod's events", || {
+        c.events("badnote", "FailedCreatePodSandBox")
+            .iter()
+            .any(|m| m.contains(NETWORKS))
+    });
+    assert_ne!(c.pod("badnote")["status"]["phase"], "Running");
+    c.delete("badnote");
+}
+
+#[test]
+fn the_default_network_annotation_replaces_the_cluster_network() {
+    let c = cluster();
+    c.apply(&pod(
+        "altdefault",
+        json!({"v1.multus-cni.io/default-network": "default/bridge-net",
+               NETWORKS: "macvlan-net"}),
+    ));
+    c.wait_running("altdefault");
+    assert_eq!(
+        c.attachments("altdefault"),
+        [
+            "default/bridge-net eth0 default",
+            "default/macvlan-net net1"
+        ]
+    );
+    let ifs = c.interfaces("altdefault");
+    assert!(
+        ifs[0].0 == "eth0" && ifs[0].1[0].starts_with("198.18.10."),
+        "{ifs:?}"
+    );
+    c.delete("altdefault");
+}
+
+/// What a pod start costs the real API server, from its audit log, and how long pods take to
+/// start with multihome against the bridge alone (printed: `cargo test --test e2e -- --nocapture`).
+#[test]
+fn a_pod_start_costs_the_api_server_seven_requests_from_multihome() {
+    let c = cluster();
+    // NADs of its own, so that other tests' requests are not counted.
+    for (name, of) in [("counted-a", 0), ("counted-b", 1)] {
+        let mut copy = nads()[of].clone();
+        copy["metadata"]["name"] = json!(name);
+        c.apply(&copy);
+    }
+    let since = SystemTime::now();
+    let took = c.start(&pod("counted", json!({NETWORKS: "counted-a, counted-b"})));
+    let requests = c.requests_about(
+        "system:serviceaccount:kube-system:multihome",
+        &["counted", "counted-a", "counted-b"],
+        since,
+    );
+    assert_eq!(
+        requests,
+        [
+            "create events",
+            "create events",
+            "create events",
+            "get network-attachment-definitions",
+            "get network-attachment-definitions",
+            "get pods",
+            "patch pods/status"
+        ],
+        "multihome's requests for a pod with two NADs"
+    );
+    let plain = c.start(&pod("counted-plain", json!({})));
+    println!(
+        "pod start (created -> Running, one sample each): bridge alone before multihome {:.2} s; with multihome, no NAD {:.2} s, two NADs {:.2} s",
+        c.bridge_alone.as_secs_f64(),
+        plain.as_secs_f64(),
+        took.as_secs_f64()
+    );
+    c.delete("counted");
+    c.delete("counted-plain");
+}
