@@ -90,6 +90,7 @@ cluster:
 cluster-down:
 	scripts/cluster.sh down
 
-## e2e: start the cluster, install multihome from its image and manifests, run tests/e2e, stop it
+## e2e: start the cluster, install multihome from its image and manifests, run tests/e2e one at a
+## time (one restarts kubelet), stop it
 e2e: deps
-	scripts/cluster.sh up && $(CARGO) test $(LOCKED) --test e2e -- --nocapture; rc=$$?; scripts/cluster.sh down; exit $$rc
+	scripts/cluster.sh up && $(CARGO) test $(LOCKED) --test e2e -- --nocapture --test-threads=1; rc=$$?; scripts/cluster.sh down; exit $$rc

@@ -6,6 +6,8 @@
 #   scripts/cluster.sh up       start it (binaries built once, then cached), with multihome's
 #                               image (built from the tree) imported into the node
 #   scripts/cluster.sh install  install multihome: kubectl apply -f conf/multihome-daemonset.yml
+#   scripts/cluster.sh restart-kubelet
+#                               stop kubelet and start it again, pods running
 #   scripts/cluster.sh down     stop everything it started and remove what it made
 #   scripts/cluster.sh env      the variables to talk to it (KUBECONFIG, the node's netns)
 #   scripts/cluster.sh node CMD run CMD inside the node (its network and mount namespaces)
@@ -50,11 +52,12 @@ wait_for() {
     done
 }
 
-# Starts "${@:2}" in the background as $1, its output in logs/$1.log, its PID remembered.
+# Starts "${@:2}" in the background as $1, its output appended to logs/$1.log, its PID
+# remembered.
 start() {
     local name=$1
     shift
-    "$@" >"$work/logs/$name.log" 2>&1 &
+    "$@" >>"$work/logs/$name.log" 2>&1 &
     echo $! >"$work/pids/$name"
 }
 
@@ -157,6 +160,32 @@ EOF
         in_node ctr -a /run/containerd/containerd.sock -n k8s.io images import \
             --snapshotter native "$file" >/dev/null
     done
+}
+
+# kubelet in the node, with what this sandbox needs: cgroupfs without QoS cgroups or allocatable
+# enforcement, no OOM score changes, no image GC of the imported images, no swap check.
+start_kubelet() {
+    local bins
+    bins=$(scripts/k8s-build.sh 2>/dev/null)
+    start kubelet in_node "$bins/kubelet" --kubeconfig="$work/node.kubeconfig" \
+        --hostname-override="$node_name" --node-ip="$node_ip" \
+        --container-runtime=remote \
+        --container-runtime-endpoint=unix:///run/containerd/containerd.sock \
+        --cgroup-driver=cgroupfs --cgroups-per-qos=false --enforce-node-allocatable= \
+        --oom-score-adj=0 --fail-swap-on=false --resolv-conf="$work/resolv.conf" \
+        --volume-plugin-dir="$work/node/plugins" --image-gc-high-threshold=100 \
+        --eviction-hard= --anonymous-auth=true --authorization-mode=AlwaysAllow
+}
+
+# Stops kubelet (by its PID) and starts it again; the pods keep running meanwhile.
+restart_kubelet() {
+    local pid
+    pid=$(pid_of kubelet)
+    kill "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+    start_kubelet
+    wait_for 60 in_node curl -sf http://127.0.0.1:10248/healthz
+    log "kubelet restarted"
 }
 
 up() {
@@ -291,14 +320,7 @@ EOF
     images
 
     : >"$work/resolv.conf"
-    start kubelet in_node "$bins/kubelet" --kubeconfig="$work/node.kubeconfig" \
-        --hostname-override="$node_name" --node-ip="$node_ip" \
-        --container-runtime=remote \
-        --container-runtime-endpoint=unix:///run/containerd/containerd.sock \
-        --cgroup-driver=cgroupfs --cgroups-per-qos=false --enforce-node-allocatable= \
-        --oom-score-adj=0 --fail-swap-on=false --resolv-conf="$work/resolv.conf" \
-        --volume-plugin-dir="$n/plugins" --image-gc-high-threshold=100 \
-        --eviction-hard= --anonymous-auth=true --authorization-mode=AlwaysAllow
+    start_kubelet
     wait_for 90 sh -c "ip netns exec $ns kubectl get node $node_name -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
     log "node Ready after $((SECONDS - t0)) s"
     trap - ERR
@@ -358,6 +380,7 @@ down() {
 case ${1:-} in
     up) up ;;
     install) install ;;
+    restart-kubelet) restart_kubelet ;;
     down) down ;;
     env)
         echo "export KUBECONFIG=$work/admin.kubeconfig"
@@ -368,7 +391,7 @@ case ${1:-} in
         in_node "$@"
         ;;
     *)
-        echo "usage: scripts/cluster.sh up|install|down|env|node CMD..." >&2
+        echo "usage: scripts/cluster.sh up|install|restart-kubelet|down|env|node CMD..." >&2
         exit 2
         ;;
 esac

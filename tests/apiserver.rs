@@ -9,8 +9,11 @@
 //! - PATCH takes `application/merge-patch+json` only (RFC 7386 semantics), 415 otherwise; the
 //!   status subresource cannot change `spec`; annotation values must be strings;
 //! - events need a name (or generateName) and a namespace matching the URL;
-//! - the NAD CRD can be "uninstalled" or not yet Established (404 for the resource type, as an
-//!   unknown resource gets, unlike the 404 of a missing object, which names it).
+//! - the NAD CRD can be "uninstalled" or not yet Established (the plain-text 404 of an unknown
+//!   path, unlike the `Status` 404 of a missing object, which names it).
+//!
+//! The e2e suite sends the same requests to it and to a real kube-apiserver and compares the
+//! answers' codes and shapes (`tests/e2e`).
 //!
 //! It runs on 127.0.0.1 inside a network namespace, records every request, counts TLS
 //! connections, and can be told to fail the next requests (500, 429 with Retry-After) or to hold
@@ -431,9 +434,13 @@ fn serve(
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
         let (code, body, extra) = handle(&req, &state, &tokens, has_client_cert);
-        let body = serde_json::to_vec(&body).unwrap();
+        // A string is a plain-text body (the real server's answer to an unknown path).
+        let (body, content_type) = match body {
+            Value::String(text) => (text.into_bytes(), "text/plain; charset=utf-8"),
+            body => (serde_json::to_vec(&body).unwrap(), "application/json"),
+        };
         let mut head = format!(
-            "HTTP/1.1 {code} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
             reason_phrase(code),
             body.len()
         );
@@ -565,15 +572,10 @@ fn handle(
     }
 }
 
-/// What the server answers for a path no resource type serves.
+/// What the server answers for a path no resource type serves: its not-found handler's plain
+/// text, no `Status` (as the real server answers, checked by the e2e suite).
 fn not_found_resource() -> Reply {
-    let mut reply = error(
-        404,
-        "NotFound",
-        "the server could not find the requested resource",
-    );
-    reply.1["details"] = json!({});
-    reply
+    (404, json!("404 page not found\n"), vec![])
 }
 
 fn patch_pod_status(st: &mut State, ns: &str, name: &str, req: &Request) -> Reply {

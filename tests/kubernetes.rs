@@ -564,7 +564,9 @@ fn missing_nad_or_crd_fails_naming_it() {
         assert_eq!(err["code"], 11, "{step}: {err}");
         let msg = err["msg"].as_str().unwrap();
         assert!(
-            msg.contains("CRD") && msg.contains("pods/ptp-net") && !msg.contains("not found"),
+            msg.contains("CRD")
+                && msg.contains("pods/ptp-net")
+                && !msg.contains("\"ptp-net\" not found"),
             "{step}: {msg}"
         );
         k.assert_clean();

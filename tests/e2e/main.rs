@@ -6,6 +6,11 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+// The HTTPS stand-in the integration tests use for fault injection, held against the real server.
+#[allow(dead_code)]
+#[path = "../apiserver.rs"]
+mod apiserver;
+
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -543,4 +548,308 @@ fn a_pod_start_costs_the_api_server_seven_requests_from_multihome() {
     );
     c.delete("counted");
     c.delete("counted-plain");
+}
+
+/// One request, as multihome makes it, to a server: `(status code, body)`.
+fn call(
+    netns: &str,
+    base: &str,
+    ca: &std::path::Path,
+    token: &str,
+    (method, path, content_type, body): (&str, &str, &str, &str),
+) -> (u16, Value) {
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        netns,
+        "curl",
+        "-sS",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+    ])
+    .args(["--cacert", ca.to_str().unwrap(), "-X", method])
+    .args(["-H", &format!("Authorization: Bearer {token}")])
+    .args(["-H", "Accept: application/json"]);
+    if !body.is_empty() {
+        cmd.args([
+            "-H",
+            &format!("Content-Type: {content_type}"),
+            "--data",
+            body,
+        ]);
+    }
+    let out = cmd.arg(format!("{base}{path}")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (
+        code.trim().parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+/// Where `stand_in`'s shape is not the real server's: every key the stand-in answers with must
+/// be in the real answer with a value of the same JSON type (the real server says more).
+fn unlike(stand_in: &Value, real: &Value, at: &str, out: &mut Vec<String>) {
+    let kind = |v: &Value| match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    if kind(stand_in) != kind(real) {
+        out.push(format!(
+            "{at}: {} here, {} on the real server",
+            kind(stand_in),
+            kind(real)
+        ));
+        return;
+    }
+    if let (Value::Object(a), Value::Object(b)) = (stand_in, real) {
+        for (k, v) in a {
+            match b.get(k) {
+                Some(w) => unlike(v, w, &format!("{at}.{k}"), out),
+                None => out.push(format!("{at}.{k}: not on the real server")),
+            }
+        }
+    }
+}
+
+/// The stand-in answers multihome's requests as the real API server does: the same status codes,
+/// and bodies of the same shape (pods, NADs, both 404s, status merge PATCH and its 409 and 415,
+/// events, a bad token), so faults injected through it are faults the real server can make.
+#[test]
+fn the_api_stand_in_answers_as_the_real_server_does() {
+    let c = cluster();
+    let work = c.kubeconfig.parent().unwrap();
+    let token = std::fs::read_to_string(c.node.join("conf/multus.d/token")).unwrap();
+    // Labelled as the stand-in labels its pods.
+    let mut compared = pod("compared", json!({}));
+    compared["metadata"]["labels"] = json!({"app": "compared"});
+    c.apply(&compared);
+    let mut nad_config = nads()[1].clone();
+    nad_config["metadata"]["name"] = json!("compared-net");
+    c.apply(&nad_config);
+
+    let stand_in = apiserver::ApiServer::start_with(&c.netns, apiserver::ServerCert::SignedByCa);
+    stand_in.add_pod("default", "compared", json!({}));
+    stand_in.add_nad(
+        "default",
+        "compared-net",
+        Some(&serde_json::from_str(nad_config["spec"]["config"].as_str().unwrap()).unwrap()),
+        json!({}),
+    );
+    let stand_in_ca = work.join("stand-in-ca.crt");
+    std::fs::write(&stand_in_ca, &stand_in.creds.ca_pem).unwrap();
+
+    let pods = "/api/v1/namespaces/default/pods";
+    let nads = "/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions";
+    let merge = "application/merge-patch+json";
+    let annotate = json!({"metadata": {"annotations": {STATUS: "[]"}}}).to_string();
+    let stale =
+        json!({"metadata": {"resourceVersion": "1", "annotations": {STATUS: "[]"}}}).to_string();
+    let event = json!({"apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": format!("compared.{}", std::process::id()), "namespace": "default"},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": "default", "name": "compared"},
+        "reason": "AddedInterface", "message": "compared", "type": "Normal"})
+    .to_string();
+    let status_path = format!("{pods}/compared/status");
+    let cases: Vec<(&str, (&str, String, &str, String), bool)> = vec![
+        (
+            "GET a pod",
+            ("GET", format!("{pods}/compared"), "", String::new()),
+            false,
+        ),
+        (
+            "GET a missing pod",
+            ("GET", format!("{pods}/absent"), "", String::new()),
+            false,
+        ),
+        (
+            "GET a NAD",
+            ("GET", format!("{nads}/compared-net"), "", String::new()),
+            false,
+        ),
+        (
+            "GET a missing NAD",
+            ("GET", format!("{nads}/absent"), "", String::new()),
+            false,
+        ),
+        (
+            "merge PATCH of status",
+            ("PATCH", status_path.clone(), merge, annotate.clone()),
+            false,
+        ),
+        (
+            "stale merge PATCH",
+            ("PATCH", status_path.clone(), merge, stale),
+            false,
+        ),
+        (
+            "PATCH of another type",
+            ("PATCH", status_path, "application/x-bogus", annotate),
+            false,
+        ),
+        (
+            "POST an event",
+            (
+                "POST",
+                "/api/v1/namespaces/default/events".into(),
+                "application/json",
+                event,
+            ),
+            false,
+        ),
+        (
+            "a bad token",
+            ("GET", format!("{pods}/compared"), "", String::new()),
+            true,
+        ),
+    ];
+    let mut differences = Vec::new();
+    for (what, (method, path, content_type, body), bad_token) in &cases {
+        let request = (*method, path.as_str(), *content_type, body.as_str());
+        let (real_token, stand_in_token) = if *bad_token {
+            ("not-a-token", "not-a-token")
+        } else {
+            (token.trim(), stand_in.creds.token.as_str())
+        };
+        let real = call(
+            &c.netns,
+            "https://198.18.250.1:6443",
+            &work.join("pki/ca.crt"),
+            real_token,
+            request,
+        );
+        let ours = call(
+            &c.netns,
+            &stand_in.url(),
+            &stand_in_ca,
+            stand_in_token,
+            request,
+        );
+        if real.0 != ours.0 {
+            differences.push(format!(
+                "{what}: {} here, {} on the real server",
+                ours.0, real.0
+            ));
+        }
+        let mut shape = Vec::new();
+        unlike(&ours.1, &real.1, "", &mut shape);
+        differences.extend(shape.into_iter().map(|d| format!("{what}: body{d}")));
+    }
+    // The NAD CRD not installed: its group is not served at all. Asked with rights on every
+    // group (RBAC answers 403 before anything else to whom has none).
+    stand_in.uninstall_crd();
+    let request = (
+        "GET",
+        "/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions/x",
+        "",
+        "",
+    );
+    let ours = call(
+        &c.netns,
+        &stand_in.url(),
+        &stand_in_ca,
+        &stand_in.creds.token,
+        request,
+    );
+    let admin = std::fs::read_to_string(&c.kubeconfig).unwrap();
+    let admin = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .unwrap();
+    let absent = (
+        "GET",
+        "/apis/absent.example.com/v1/namespaces/default/network-attachment-definitions/x",
+        "",
+        "",
+    );
+    let real = call(
+        &c.netns,
+        "https://198.18.250.1:6443",
+        &work.join("pki/ca.crt"),
+        admin,
+        absent,
+    );
+    if real.0 != ours.0 {
+        differences.push(format!(
+            "CRD not served: {} here, {} on the real server",
+            ours.0, real.0
+        ));
+    }
+    let mut shape = Vec::new();
+    unlike(&ours.1, &real.1, "", &mut shape);
+    differences.extend(
+        shape
+            .into_iter()
+            .map(|d| format!("CRD not served: body{d}")),
+    );
+    assert_eq!(differences, Vec::<String>::new());
+    c.delete("compared");
+}
+
+/// The DaemonSet's ClusterRole grants what multihome needs (every test above runs with it) and
+/// nothing more: the real RBAC's own list of what the service account may do.
+#[test]
+fn multihome_may_do_exactly_what_it_needs_and_nothing_more() {
+    let c = cluster();
+    let sa = "--as=system:serviceaccount:kube-system:multihome";
+    for namespace in ["default", "kube-system"] {
+        let out = c.kubectl_ok(&["auth", "can-i", "--list", sa, "-n", namespace]);
+        let mut granted: Vec<String> = out
+            .lines()
+            .skip(1)
+            .filter(|l| !l.starts_with(' '))
+            .filter_map(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                let (resource, verbs) = (words.first()?, words.last()?);
+                // Every authenticated user may ask what it may do (system:basic-user).
+                (!resource.starts_with("selfsubject")).then(|| format!("{resource} {verbs}"))
+            })
+            .collect();
+        granted.sort();
+        assert_eq!(
+            granted,
+            [
+                "events [create]",
+                "network-attachment-definitions.k8s.cni.cncf.io [get]",
+                "pods [get]",
+                "pods/status [patch]"
+            ],
+            "in {namespace}"
+        );
+    }
+}
+
+/// kubelet restarted with pods running: they keep their interfaces and addresses (no second
+/// ADD), a new pod starts, and deleting them releases everything.
+#[test]
+fn pods_keep_their_networks_across_a_kubelet_restart() {
+    let c = cluster();
+    c.start(&pod("steady", json!({NETWORKS: "bridge-net"})));
+    let before = c.interfaces("steady");
+    let status = Command::new("scripts/cluster.sh")
+        .arg("restart-kubelet")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    c.start(&pod("after-restart", json!({NETWORKS: "bridge-net"})));
+    assert_eq!(c.pod("steady")["status"]["phase"], "Running");
+    assert_eq!(c.interfaces("steady"), before, "the running pod's networks");
+    let ips: Vec<String> = ["steady", "after-restart"]
+        .iter()
+        .map(|p| c.status(p)[1]["ips"][0].as_str().unwrap().to_string())
+        .collect();
+    c.delete("steady");
+    c.delete("after-restart");
+    for ip in &ips {
+        c.wait_until(&format!("bridge-net releases {ip}"), || {
+            !c.held_ips("bridge-net").contains(ip)
+        });
+    }
 }
