@@ -64,7 +64,7 @@ start() {
 install_deps() {
     local need=()
     for p in etcd-server containerd runc iptables openssl podman busybox-static gcc libc6-dev \
-        util-linux iproute2 containernetworking-plugins; do
+        util-linux iproute2 containernetworking-plugins curl; do
         dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
     done
     command -v kubectl >/dev/null || need+=(kubernetes-client)

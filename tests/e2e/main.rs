@@ -853,3 +853,69 @@ fn pods_keep_their_networks_across_a_kubelet_restart() {
         });
     }
 }
+
+/// A NAD of another namespace: used as it is by default; refused (an event naming the
+/// isolation, the pod never starting) once the DaemonSet runs with `--namespace-isolation`,
+/// which a rolling update of the DaemonSet carries into the generated config.
+#[test]
+fn namespace_isolation_refuses_another_namespaces_nad_once_rolled_out() {
+    let c = cluster();
+    c.kubectl(&["create", "namespace", "tenant"], None);
+    let mut theirs = nads()[1].clone();
+    theirs["metadata"] = json!({"name": "tenant-net", "namespace": "tenant"});
+    c.apply(&theirs);
+    c.start(&pod("crossing", json!({NETWORKS: "tenant/tenant-net"})));
+    assert_eq!(c.attachments("crossing")[1], "tenant/tenant-net net1");
+    c.delete("crossing");
+
+    let config = c.node.join("conf/00-multihome.conflist");
+    let isolated = || {
+        std::fs::read_to_string(&config).is_ok_and(|t| t.contains("\"namespaceIsolation\": true"))
+    };
+    c.kubectl_ok(&[
+        "-n",
+        "kube-system",
+        "patch",
+        "daemonset",
+        "multihome",
+        "--type=json",
+        "-p",
+        r#"[{"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": "--namespace-isolation=true"}]"#,
+    ]);
+    c.wait_until("the rolled-out installer isolates namespaces", isolated);
+    c.apply(&pod("isolated", json!({NETWORKS: "tenant/tenant-net"})));
+    c.wait_until("the isolation is on the pod's events", || {
+        c.events("isolated", "FailedCreatePodSandBox")
+            .iter()
+            .any(|m| m.contains("tenant") && m.contains("namespaceIsolation"))
+    });
+    assert_ne!(c.pod("isolated")["status"]["phase"], "Running");
+    c.delete("isolated");
+
+    c.kubectl_ok(&["apply", "-f", "conf/multihome-daemonset.yml"]);
+    c.wait_until("the installer is back to the manifest", || !isolated());
+}
+
+/// The NAD CRD deleted (its NADs go with it): a pod asking for a NAD waits with multihome's
+/// "try again later" in its events; once the CRD and the NAD are back, kubelet's retry succeeds.
+#[test]
+fn without_the_nad_crd_pods_wait_and_start_once_it_is_back() {
+    let c = cluster();
+    let crd = "network-attachment-definitions.k8s.cni.cncf.io";
+    c.kubectl_ok(&["delete", "crd", crd, "--wait=true"]);
+    c.apply(&pod("crdless", json!({NETWORKS: "bridge-net"})));
+    c.wait_until("multihome's error is on the pod's events", || {
+        c.events("crdless", "FailedCreatePodSandBox")
+            .iter()
+            .any(|m| m.contains("CRD") && m.contains("bridge-net"))
+    });
+    assert_ne!(c.pod("crdless")["status"]["phase"], "Running");
+    c.kubectl_ok(&["apply", "-f", "conf/multihome-daemonset.yml"]);
+    c.kubectl_ok(&["wait", "--for=condition=Established", &format!("crd/{crd}")]);
+    for nad in nads() {
+        c.apply(&nad);
+    }
+    c.wait_running("crdless");
+    assert_eq!(c.attachments("crdless")[1], "default/bridge-net net1");
+    c.delete("crdless");
+}
