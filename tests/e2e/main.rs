@@ -337,11 +337,10 @@ fn nads() -> Vec<Value> {
 #[test]
 fn the_short_form_gives_the_pod_its_networks_status_and_events() {
     let c = cluster();
-    c.apply(&pod(
+    c.start(&pod(
         "short",
         json!({NETWORKS: "macvlan-net@data0, default/bridge-net"}),
     ));
-    c.wait_running("short");
     let ifs = c.interfaces("short");
     let names: Vec<&str> = ifs.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["data0", "eth0", "net2"], "{ifs:?}");
@@ -380,8 +379,7 @@ fn json_selection_sets_the_interface_name_and_mac() {
         {"name": "macvlan-net", "interface": "fixed0", "mac": "02:00:5e:10:00:42"},
         {"name": "bridge-net", "default-route": []}
     ]);
-    c.apply(&pod("selected", json!({NETWORKS: networks.to_string()})));
-    c.wait_running("selected");
+    c.start(&pod("selected", json!({NETWORKS: networks.to_string()})));
     let link = c.kubectl_ok(&["exec", "selected", "--", "ip", "link", "show", "fixed0"]);
     assert!(link.contains("02:00:5e:10:00:42"), "{link}");
     let status = c.status("selected");
@@ -417,11 +415,10 @@ fn a_missing_nad_holds_the_pod_until_it_is_created() {
 #[test]
 fn deleting_a_pod_releases_every_ip_and_leaves_no_record() {
     let c = cluster();
-    c.apply(&pod(
+    c.start(&pod(
         "released",
         json!({NETWORKS: "macvlan-net, bridge-net"}),
     ));
-    c.wait_running("released");
     let uid = c.pod("released")["metadata"]["uid"]
         .as_str()
         .unwrap()
@@ -487,12 +484,11 @@ fn a_bad_annotation_is_an_event_naming_it_and_the_pod_never_starts() {
 #[test]
 fn the_default_network_annotation_replaces_the_cluster_network() {
     let c = cluster();
-    c.apply(&pod(
+    c.start(&pod(
         "altdefault",
         json!({"v1.multus-cni.io/default-network": "default/bridge-net",
                NETWORKS: "macvlan-net"}),
     ));
-    c.wait_running("altdefault");
     assert_eq!(
         c.attachments("altdefault"),
         [
@@ -658,41 +654,23 @@ fn the_api_stand_in_answers_as_the_real_server_does() {
         "reason": "AddedInterface", "message": "compared", "type": "Normal"})
     .to_string();
     let status_path = format!("{pods}/compared/status");
-    let cases: Vec<(&str, (&str, String, &str, String), bool)> = vec![
-        (
-            "GET a pod",
-            ("GET", format!("{pods}/compared"), "", String::new()),
-            false,
-        ),
-        (
-            "GET a missing pod",
-            ("GET", format!("{pods}/absent"), "", String::new()),
-            false,
-        ),
-        (
-            "GET a NAD",
-            ("GET", format!("{nads}/compared-net"), "", String::new()),
-            false,
-        ),
-        (
-            "GET a missing NAD",
-            ("GET", format!("{nads}/absent"), "", String::new()),
-            false,
-        ),
+    let get = |path: String| ("GET", path, "", String::new());
+    let cases = [
+        ("GET a pod", get(format!("{pods}/compared"))),
+        ("GET a missing pod", get(format!("{pods}/absent"))),
+        ("GET a NAD", get(format!("{nads}/compared-net"))),
+        ("GET a missing NAD", get(format!("{nads}/absent"))),
         (
             "merge PATCH of status",
             ("PATCH", status_path.clone(), merge, annotate.clone()),
-            false,
         ),
         (
             "stale merge PATCH",
             ("PATCH", status_path.clone(), merge, stale),
-            false,
         ),
         (
             "PATCH of another type",
             ("PATCH", status_path, "application/x-bogus", annotate),
-            false,
         ),
         (
             "POST an event",
@@ -702,36 +680,25 @@ fn the_api_stand_in_answers_as_the_real_server_does() {
                 "application/json",
                 event,
             ),
-            false,
-        ),
-        (
-            "a bad token",
-            ("GET", format!("{pods}/compared"), "", String::new()),
-            true,
         ),
     ];
-    let mut differences = Vec::new();
-    for (what, (method, path, content_type, body), bad_token) in &cases {
+    let real_ca = work.join("pki/ca.crt");
+    let real = |token: &str, (method, path, content_type, body): &(&str, String, &str, String)| {
         let request = (*method, path.as_str(), *content_type, body.as_str());
-        let (real_token, stand_in_token) = if *bad_token {
-            ("not-a-token", "not-a-token")
-        } else {
-            (token.trim(), stand_in.creds.token.as_str())
-        };
-        let real = call(
+        call(
             &c.netns,
             "https://198.18.250.1:6443",
-            &work.join("pki/ca.crt"),
-            real_token,
+            &real_ca,
+            token,
             request,
-        );
-        let ours = call(
-            &c.netns,
-            &stand_in.url(),
-            &stand_in_ca,
-            stand_in_token,
-            request,
-        );
+        )
+    };
+    let ours = |token: &str, (method, path, content_type, body): &(&str, String, &str, String)| {
+        let request = (*method, path.as_str(), *content_type, body.as_str());
+        call(&c.netns, &stand_in.url(), &stand_in_ca, token, request)
+    };
+    let mut differences = Vec::new();
+    let mut compare = |what: &str, ours: (u16, Value), real: (u16, Value)| {
         if real.0 != ours.0 {
             differences.push(format!(
                 "{what}: {} here, {} on the real server",
@@ -741,53 +708,38 @@ fn the_api_stand_in_answers_as_the_real_server_does() {
         let mut shape = Vec::new();
         unlike(&ours.1, &real.1, "", &mut shape);
         differences.extend(shape.into_iter().map(|d| format!("{what}: body{d}")));
+    };
+    for (what, request) in &cases {
+        compare(
+            what,
+            ours(&stand_in.creds.token, request),
+            real(token.trim(), request),
+        );
     }
+    let (_, bad_token) = &cases[0];
+    compare(
+        "a bad token",
+        ours("not-a-token", bad_token),
+        real("not-a-token", bad_token),
+    );
     // The NAD CRD not installed: its group is not served at all. Asked with rights on every
     // group (RBAC answers 403 before anything else to whom has none).
     stand_in.uninstall_crd();
-    let request = (
-        "GET",
-        "/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions/x",
-        "",
-        "",
-    );
-    let ours = call(
-        &c.netns,
-        &stand_in.url(),
-        &stand_in_ca,
-        &stand_in.creds.token,
-        request,
-    );
     let admin = std::fs::read_to_string(&c.kubeconfig).unwrap();
     let admin = admin
         .lines()
         .find_map(|l| l.trim().strip_prefix("token: "))
         .unwrap();
-    let absent = (
-        "GET",
-        "/apis/absent.example.com/v1/namespaces/default/network-attachment-definitions/x",
-        "",
-        "",
-    );
-    let real = call(
-        &c.netns,
-        "https://198.18.250.1:6443",
-        &work.join("pki/ca.crt"),
-        admin,
-        absent,
-    );
-    if real.0 != ours.0 {
-        differences.push(format!(
-            "CRD not served: {} here, {} on the real server",
-            ours.0, real.0
-        ));
-    }
-    let mut shape = Vec::new();
-    unlike(&ours.1, &real.1, "", &mut shape);
-    differences.extend(
-        shape
-            .into_iter()
-            .map(|d| format!("CRD not served: body{d}")),
+    compare(
+        "CRD not served",
+        ours(&stand_in.creds.token, &get(format!("{nads}/x"))),
+        real(
+            admin,
+            &get(
+                "/apis/absent.example.com/v1/namespaces/default/network-attachment-definitions/x"
+                    .into(),
+            ),
+        ),
     );
     assert_eq!(differences, Vec::<String>::new());
     c.delete("compared");
