@@ -153,7 +153,15 @@ EOF
     local version
     version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
     make -s image >/dev/null
-    for ref in localhost/pause:e2e localhost/busybox:e2e "localhost/multihome:$version"; do
+    # A second multihome image for the rolling update: the same program with other bytes (a
+    # marker after the ELF image, which the loader ignores), so the installer must replace it.
+    mkdir -p "$img/next"
+    { cat "$(make -s --eval 'bin: ; @echo $(BIN)' bin)"; printf '\nmultihome e2e next\n'; } \
+        >"$img/next/multihome"
+    chmod 755 "$img/next/multihome"
+    "${podman[@]}" build -q -t localhost/multihome:next -f conf/Containerfile "$img/next" >/dev/null
+    for ref in localhost/pause:e2e localhost/busybox:e2e "localhost/multihome:$version" \
+        localhost/multihome:next; do
         local file=$img/$(echo "$ref" | tr '/:' '__').tar
         rm -f "$file"
         "${podman[@]}" save -q --format docker-archive -o "$file" "$ref"

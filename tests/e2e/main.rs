@@ -27,9 +27,14 @@ struct Cluster {
     node: PathBuf,
     /// The API server's audit log (every request, at the Metadata level).
     audit: PathBuf,
-    /// How long the pod started before multihome took to be Running (the bridge alone).
-    bridge_alone: Duration,
+    /// The script's work directory (images, PKI, state).
+    work: PathBuf,
+    /// How long pods took to be Running on the bridge alone, before multihome was installed.
+    bridge_alone: Vec<Duration>,
 }
+
+/// Pods per latency series.
+const SAMPLES: usize = 5;
 
 const NETWORKS: &str = "k8s.v1.cni.cncf.io/networks";
 const STATUS: &str = "k8s.v1.cni.cncf.io/network-status";
@@ -54,9 +59,11 @@ fn cluster() -> &'static Cluster {
             kubeconfig: work.join("admin.kubeconfig"),
             node: work.join("node"),
             audit: work.join("audit.log"),
-            bridge_alone: Duration::ZERO,
+            work,
+            bridge_alone: Vec::new(),
         };
-        c.bridge_alone = c.start(&pod("before-multihome", json!({})));
+        c.bridge_alone = c.start_series("bridge-alone", &json!({}));
+        c.start(&pod("before-multihome", json!({})));
         c.kubectl_ok(&["apply", "-f", "conf/multihome-daemonset.yml"]);
         c.wait_until("the DaemonSet's pod is ready", || {
             c.get("daemonset", "kube-system", "multihome")["status"]["numberReady"] == 1
@@ -149,6 +156,19 @@ impl Cluster {
         self.apply(pod);
         self.wait_running(name);
         started.elapsed()
+    }
+
+    /// How long each of [`SAMPLES`] pods with `annotations` took from created to Running, one
+    /// after the other, each deleted before the next (their names start with `prefix`).
+    fn start_series(&self, prefix: &str, annotations: &Value) -> Vec<Duration> {
+        (0..SAMPLES)
+            .map(|i| {
+                let name = format!("{prefix}-{i}");
+                let took = self.start(&pod(&name, annotations.clone()));
+                self.delete(&name);
+                took
+            })
+            .collect()
     }
 
     /// `VERB resource[/subresource]` of every request the API server received for `user`
@@ -375,9 +395,15 @@ fn the_short_form_gives_the_pod_its_networks_status_and_events() {
 #[test]
 fn json_selection_sets_the_interface_name_and_mac() {
     let c = cluster();
+    c.apply(&nad(
+        "static-net",
+        json!({"cniVersion": "1.0.0", "name": "static-net", "type": "bridge", "bridge": "mhbr3",
+               "capabilities": {"ips": true}, "ipam": {"type": "static"}}),
+    ));
     let networks = json!([
         {"name": "macvlan-net", "interface": "fixed0", "mac": "02:00:5e:10:00:42"},
-        {"name": "bridge-net", "default-route": []}
+        {"name": "bridge-net", "default-route": []},
+        {"name": "static-net", "ips": ["198.18.12.5/24"]}
     ]);
     c.start(&pod("selected", json!({NETWORKS: networks.to_string()})));
     let link = c.kubectl_ok(&["exec", "selected", "--", "ip", "link", "show", "fixed0"]);
@@ -385,6 +411,13 @@ fn json_selection_sets_the_interface_name_and_mac() {
     let status = c.status("selected");
     assert_eq!(status[1]["mac"], "02:00:5e:10:00:42");
     assert_eq!(status[2]["interface"], "net2");
+    assert_eq!(status[3]["interface"], "net3");
+    assert_eq!(status[3]["ips"], json!(["198.18.12.5"]));
+    let ifs = c.interfaces("selected");
+    assert!(
+        ifs.contains(&("net3".to_string(), vec!["198.18.12.5/24".to_string()])),
+        "the requested address inside the pod: {ifs:?}"
+    );
     assert_eq!(
         status[0]["default"], true,
         "default stays on the cluster network"
@@ -516,7 +549,7 @@ fn a_pod_start_costs_the_api_server_seven_requests_from_multihome() {
         c.apply(&copy);
     }
     let since = SystemTime::now();
-    let took = c.start(&pod("counted", json!({NETWORKS: "counted-a, counted-b"})));
+    c.start(&pod("counted", json!({NETWORKS: "counted-a, counted-b"})));
     let requests = c.requests_about(
         "system:serviceaccount:kube-system:multihome",
         &["counted", "counted-a", "counted-b"],
@@ -535,15 +568,25 @@ fn a_pod_start_costs_the_api_server_seven_requests_from_multihome() {
         ],
         "multihome's requests for a pod with two NADs"
     );
-    let plain = c.start(&pod("counted-plain", json!({})));
-    println!(
-        "pod start (created -> Running, one sample each): bridge alone before multihome {:.2} s; with multihome, no NAD {:.2} s, two NADs {:.2} s",
-        c.bridge_alone.as_secs_f64(),
-        plain.as_secs_f64(),
-        took.as_secs_f64()
-    );
     c.delete("counted");
-    c.delete("counted-plain");
+    let series = [
+        ("the bridge alone, before multihome", c.bridge_alone.clone()),
+        ("multihome, no NAD", c.start_series("plain", &json!({}))),
+        (
+            "multihome, two NADs",
+            c.start_series("two-nads", &json!({NETWORKS: "counted-a, counted-b"})),
+        ),
+    ];
+    println!("pod start, created -> Running ({SAMPLES} pods each, one after the other):");
+    for (what, mut took) in series {
+        took.sort();
+        let ms: Vec<String> = took.iter().map(|d| d.as_millis().to_string()).collect();
+        println!(
+            "  {what:36} median {:5} ms   [{}] ms",
+            took[took.len() / 2].as_millis(),
+            ms.join(", ")
+        );
+    }
 }
 
 /// One request, as multihome makes it, to a server: `(status code, body)`.
@@ -870,4 +913,148 @@ fn without_the_nad_crd_pods_wait_and_start_once_it_is_back() {
     c.wait_running("crdless");
     assert_eq!(c.attachments("crdless")[1], "default/bridge-net net1");
     c.delete("crdless");
+}
+
+/// The DaemonSet rolled to a new image (other bytes: the installer must replace the binary
+/// kubelet's runtime executes) while pods keep starting and stopping: every pod gets its
+/// networks and releases them, the node runs the new binary, then the old one again.
+#[test]
+fn rolling_the_daemonset_to_a_new_image_while_pods_come_and_go() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let c = cluster();
+    let installed = c.node.join("opt/cni/bin/multihome");
+    let next = std::fs::read(c.work.join("images/next/multihome")).unwrap();
+    let rolled = AtomicBool::new(false);
+    let roll = |image: &str| {
+        c.kubectl_ok(&[
+            "-n",
+            "kube-system",
+            "set",
+            "image",
+            "daemonset/multihome",
+            &format!("install={image}"),
+        ]);
+        c.kubectl_ok(&[
+            "-n",
+            "kube-system",
+            "rollout",
+            "status",
+            "daemonset/multihome",
+            "--timeout=120s",
+        ]);
+    };
+    let released = std::thread::scope(|s| {
+        let churn = s.spawn(|| {
+            let mut ips = Vec::new();
+            // Pods until two have started after the rollout, whatever its speed.
+            let mut after = 0;
+            for i in 0..60 {
+                let name = format!("churn-{i}");
+                c.start(&pod(&name, json!({NETWORKS: "bridge-net"})));
+                assert_eq!(c.attachments(&name)[1], "default/bridge-net net1");
+                ips.push(c.status(&name)[1]["ips"][0].as_str().unwrap().to_string());
+                c.delete(&name);
+                if rolled.load(Ordering::SeqCst) {
+                    after += 1;
+                    if after == 2 {
+                        break;
+                    }
+                }
+            }
+            assert_eq!(after, 2, "pods kept starting after the rollout");
+            ips
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        roll("localhost/multihome:next");
+        c.wait_until("the node runs the new binary", || {
+            std::fs::read(&installed).is_ok_and(|b| b == next)
+        });
+        rolled.store(true, Ordering::SeqCst);
+        churn.join().unwrap()
+    });
+    assert!(released.len() >= 3, "{released:?}");
+    for ip in &released {
+        c.wait_until(&format!("bridge-net releases {ip}"), || {
+            !c.held_ips("bridge-net").contains(ip)
+        });
+    }
+    c.kubectl_ok(&["apply", "-f", "conf/multihome-daemonset.yml"]);
+    c.kubectl_ok(&[
+        "-n",
+        "kube-system",
+        "rollout",
+        "status",
+        "daemonset/multihome",
+        "--timeout=120s",
+    ]);
+    c.wait_until("the node runs the manifest's binary again", || {
+        std::fs::read(&installed).is_ok_and(|b| b != next)
+    });
+    c.start(&pod("rolled-back", json!({NETWORKS: "bridge-net"})));
+    c.delete("rolled-back");
+}
+
+/// The service account's token rotated under the installer, the old one revoked: a token from
+/// the TokenRequest API (what a projected volume holds) replaces the secret's, kubelet swaps the
+/// volume's `..data` link as it does for a projected token, and the installer follows it. A pod
+/// started in between gets its networks once the new token is in place (the API server refusing
+/// the old one is only a retry for kubelet), as does every pod after.
+#[test]
+fn a_rotated_token_is_followed_and_pods_keep_starting() {
+    let c = cluster();
+    let copy = c.node.join("conf/multus.d/token");
+    let old = std::fs::read_to_string(&copy).unwrap();
+    let secret = c.kubectl_ok(&[
+        "-n",
+        "kube-system",
+        "get",
+        "serviceaccount",
+        "multihome",
+        "-o",
+        "jsonpath={.secrets[0].name}",
+    ]);
+    let request = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                         "spec": {"expirationSeconds": 86400}});
+    let out = c.kubectl(
+        &[
+            "create",
+            "--raw",
+            "/api/v1/namespaces/kube-system/serviceaccounts/multihome/token",
+            "-f",
+            "-",
+        ],
+        Some(&request.to_string()),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let issued: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new = issued["status"]["token"].as_str().unwrap();
+    // A legacy token is valid only while its secret holds it: from here the API server refuses
+    // the old one.
+    c.kubectl_ok(&[
+        "-n",
+        "kube-system",
+        "patch",
+        "secret",
+        &secret,
+        "-p",
+        &json!({"stringData": {"token": new}}).to_string(),
+    ]);
+    let refused = call(
+        &c.netns,
+        "https://198.18.250.1:6443",
+        &c.work.join("pki/ca.crt"),
+        old.trim(),
+        ("GET", "/api/v1/namespaces/default/pods/rotating", "", ""),
+    );
+    assert_eq!(refused.0, 401, "the old token is revoked: {refused:?}");
+    c.apply(&pod("rotating", json!({NETWORKS: "bridge-net"})));
+    c.wait_until("the installer copies the rotated token", || {
+        std::fs::read_to_string(&copy).is_ok_and(|t| t.trim() == new)
+    });
+    c.wait_running("rotating");
+    assert_eq!(c.attachments("rotating")[1], "default/bridge-net net1");
+    c.start(&pod("rotated", json!({NETWORKS: "bridge-net"})));
+    assert_eq!(c.attachments("rotated")[1], "default/bridge-net net1");
+    c.delete("rotating");
+    c.delete("rotated");
 }
