@@ -1,26 +1,22 @@
-//! Running delegate plugins: finding the binary, building each plugin's stdin (name, version,
-//! `prevResult`, filtered `runtimeConfig`), executing it from the host namespace with its own
-//! `CNI_*` environment, and decoding its result or error.
+//! Delegate networks: building each plugin's stdin (name, version, `prevResult`, filtered
+//! `runtimeConfig`) and running a network's chain through [`crate::plugin`], or the built-in
+//! `host-interface` delegate.
 //!
 //! A delegate network is a chain: ADD runs its plugins in order, feeding each the previous
 //! result; DEL runs them in reverse and keeps going past failures; CHECK runs them in order.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command as Process, Stdio};
-use std::time::Duration;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use serde_json::{Map, Value, json};
 
-use crate::cni::env::{Arg, Command, format_args};
+use crate::cni::env::Command;
 use crate::cni::result::convert;
 use crate::config::{NetworkConfig, plugin_type};
-use crate::error::{CniError, Code, coded};
+use crate::error::{Code, Failures, coded};
 use crate::host_interface;
 use crate::plan::{Attachment, filter_runtime_config};
+use crate::plugin::{Call, Runner, find_plugin};
 
 /// A successful ADD of one attachment.
 #[derive(Debug, Clone)]
@@ -31,19 +27,7 @@ pub struct Added {
     pub host_link: Option<String>,
 }
 
-/// What every delegate call of one invocation shares.
-#[derive(Debug, Clone)]
-pub struct Runner {
-    /// Where plugin binaries are looked up: `binDir`, then `CNI_PATH`.
-    pub search_path: Vec<PathBuf>,
-    /// `CNI_CONTAINERID`.
-    pub container_id: String,
-    /// `CNI_NETNS` (may be absent on DEL).
-    pub netns: Option<String>,
-    /// How long one plugin call may take (`delegateTimeout`).
-    pub timeout: Duration,
-}
-
+// The network-level calls: a chain of plugins, each run by [`Runner::exec`].
 impl Runner {
     /// ADD one attachment: runs its chain and returns the last plugin's result.
     pub fn add(&self, att: &Attachment) -> Result<Added> {
@@ -91,7 +75,7 @@ impl Runner {
         host_link: Option<&str>,
     ) -> Result<()> {
         let prev = self.prev_result(att, cached);
-        let mut errors = Vec::new();
+        let mut failures = Failures::new();
         for (i, plugin) in att.network.plugins.iter().enumerate().rev() {
             let request = plugin_request(att, plugin, prev.as_ref());
             let outcome = match plugin_type(plugin)? {
@@ -99,14 +83,10 @@ impl Runner {
                 kind => self.exec(Command::Del, att, kind, &request).map(drop),
             };
             if let Err(e) = outcome {
-                errors.push(format!("{}: {:#}", step(att, i), e));
+                failures.push(&step(att, i), &e);
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(CniError::new(Code::Internal, errors.join("; ")).into())
-        }
+        failures.into_result()
     }
 
     /// CHECK one attachment against its cached ADD result. Networks below 0.4.0 (no CHECK in
@@ -145,24 +125,6 @@ impl Runner {
         }
     }
 
-    /// Runs the plugin binary `kind` with `request` on stdin and the attachment's environment (an
-    /// IPAM plugin is run with its parent's config). `Ok(None)` when it succeeded and printed
-    /// nothing.
-    pub fn exec(
-        &self,
-        command: Command,
-        att: &Attachment,
-        kind: &str,
-        request: &Value,
-    ) -> Result<Option<Value>> {
-        let call = Call {
-            label: &att.name,
-            ifname: &att.ifname,
-            args: &att.cni_args,
-        };
-        self.run(command, &call, kind, request)
-    }
-
     /// GC of one delegate network: every plugin of the chain (and the built-in's IPAM) gets
     /// `valid`, its own attachments, as `cni.dev/valid-attachments`. Goes on past failures and
     /// reports them all.
@@ -171,7 +133,7 @@ impl Runner {
             .iter()
             .map(|(cid, ifname)| json!({"containerID": cid, "ifname": ifname}))
             .collect();
-        let mut errors = Vec::new();
+        let mut failures = Failures::new();
         for (i, plugin) in network.plugins.iter().enumerate() {
             let mut request = network_request(network, plugin);
             // Both names: the spec's tag text said "cni.dev/attachments", libcni >= 1.2.3 sends both.
@@ -182,18 +144,10 @@ impl Runner {
             request.insert("cni.dev/attachments".into(), Value::Array(list.clone()));
             let request = Value::Object(request);
             if let Err(e) = self.network_call(Command::Gc, network, plugin, &request) {
-                errors.push(format!(
-                    "{}: {}",
-                    network_step(network, i),
-                    CniError::from_anyhow(&e).msg
-                ));
+                failures.push(&network_step(network, i), &e);
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(coded(Code::Internal, errors.join("; ")))
-        }
+        failures.into_result()
     }
 
     /// STATUS of one delegate network: every plugin of the chain (and the built-in's IPAM), in
@@ -205,44 +159,6 @@ impl Runner {
                 .with_context(|| network_step(network, i))?;
         }
         Ok(())
-    }
-
-    /// Feeds the delegate its stdin and collects its output, killing its whole process group
-    /// when it takes longer than `delegateTimeout`.
-    fn wait(
-        &self,
-        pipe: Option<std::process::ChildStdin>,
-        child: std::process::Child,
-        stdin: Vec<u8>,
-    ) -> Result<std::process::Output> {
-        let mut pipe = pipe.context("plugin stdin")?;
-        let group = Pid::from_raw(i32::try_from(child.id()).context("plugin pid")?);
-        std::thread::scope(|s| {
-            // Written from a thread of its own: a plugin that prints before reading all of stdin
-            // must not deadlock against us. A plugin may exit without reading stdin; its exit
-            // status tells what happened.
-            s.spawn(move || {
-                let _ = pipe.write_all(&stdin);
-            });
-            let (tx, rx) = std::sync::mpsc::channel();
-            s.spawn(move || {
-                let _ = tx.send(child.wait_with_output());
-            });
-            match rx.recv_timeout(self.timeout) {
-                Ok(output) => output.context("waiting for it"),
-                Err(_) => {
-                    let _ = killpg(group, Signal::SIGKILL);
-                    let _ = rx.recv();
-                    Err(coded(
-                        Code::TryAgainLater,
-                        format!(
-                            "it did not finish within {}s (delegateTimeout) and was killed",
-                            self.timeout.as_secs_f64()
-                        ),
-                    ))
-                }
-            }
-        })
     }
 
     /// A network-wide call (GC, STATUS) of one plugin: no container, interface or arguments.
@@ -267,106 +183,6 @@ impl Runner {
         };
         self.run(command, &call, kind, request).map(drop)
     }
-
-    fn run(
-        &self,
-        command: Command,
-        call: &Call<'_>,
-        kind: &str,
-        request: &Value,
-    ) -> Result<Option<Value>> {
-        let binary = find_plugin(kind, &self.search_path)?;
-        let stdin = serde_json::to_vec(request).context("encoding plugin config")?;
-        log::debug!(
-            "{} {} ifname={} binary={}",
-            command.as_str(),
-            call.label,
-            call.ifname,
-            binary.display()
-        );
-        let mut child = Process::new(&binary);
-        // The rest of the environment (PATH for iptables, XTABLES_LOCKFILE, ...) is inherited as
-        // libcni does; every CNI_* variable is set afresh for this delegate.
-        for (key, _) in std::env::vars_os() {
-            if key.to_str().is_some_and(|k| k.starts_with("CNI_")) {
-                child.env_remove(key);
-            }
-        }
-        child
-            .env("CNI_COMMAND", command.as_str())
-            .env("CNI_CONTAINERID", &self.container_id)
-            .env("CNI_NETNS", self.netns.as_deref().unwrap_or_default())
-            .env("CNI_IFNAME", call.ifname)
-            .env("CNI_ARGS", format_args(call.args))
-            .env(
-                "CNI_PATH",
-                std::env::join_paths(&self.search_path).unwrap_or_default(),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        tie_to_us(&mut child);
-        let mut child = child
-            .spawn()
-            .with_context(|| format!("executing {}", binary.display()))?;
-        let output = self
-            .wait(child.stdin.take(), child, stdin)
-            .with_context(|| format!("plugin {kind} ({})", binary.display()))?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        if !stderr.trim().is_empty() {
-            log::debug!("{kind} stderr: {}", stderr.trim());
-        }
-        if output.status.success() {
-            if stdout.trim().is_empty() {
-                return Ok(None);
-            }
-            let value = serde_json::from_str(&stdout).map_err(|e| {
-                coded(
-                    Code::Decode,
-                    format!(
-                        "plugin {kind} printed invalid JSON ({e}): {}",
-                        stdout.trim()
-                    ),
-                )
-            })?;
-            return Ok(Some(value));
-        }
-        Err(plugin_error(kind, &output.status, &stdout, &stderr).into())
-    }
-}
-
-/// Who a plugin call is for: the environment beyond the runner's.
-struct Call<'a> {
-    /// Network or attachment name, for logs.
-    label: &'a str,
-    /// `CNI_IFNAME` (empty for network-wide calls).
-    ifname: &'a str,
-    /// `CNI_ARGS` pairs.
-    args: &'a [Arg],
-}
-
-/// Makes a delegate die with multihome and lead its own process group. When the runtime gives up
-/// on an ADD and kills multihome, a delegate left running would finish its ADD after the
-/// runtime's DEL and leak what it made; with its own group, a timeout kills whatever it started
-/// too (its IPAM plugin).
-#[allow(unsafe_code)]
-fn tie_to_us(child: &mut Process) {
-    use std::os::unix::process::CommandExt;
-    let parent = nix::unistd::getpid();
-    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
-    // calls are allowed: prctl(2) and getppid(2), with no allocation and no lock.
-    unsafe {
-        child.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-            // Killed between fork and prctl: nobody would ever signal us, so do not start.
-            if nix::unistd::getppid() != parent {
-                return Err(nix::errno::Errno::ESRCH.into());
-            }
-            Ok(())
-        });
-    }
-    child.process_group(0);
 }
 
 fn network_step(network: &NetworkConfig, plugin: usize) -> String {
@@ -432,79 +248,6 @@ fn network_request(network: &NetworkConfig, plugin: &Value) -> Map<String, Value
     obj
 }
 
-/// The first `dir/kind` that is an executable file.
-pub fn find_plugin(kind: &str, search_path: &[PathBuf]) -> Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    for dir in search_path {
-        let candidate = dir.join(kind);
-        if let Ok(meta) = std::fs::metadata(&candidate) {
-            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
-                return Ok(candidate);
-            }
-        }
-    }
-    let dirs: Vec<String> = search_path
-        .iter()
-        .map(|d| d.display().to_string())
-        .collect();
-    Err(coded(
-        Code::InvalidConfig,
-        format!(
-            "plugin {kind:?} not found in binDir or CNI_PATH ({})",
-            if dirs.is_empty() {
-                "empty".into()
-            } else {
-                dirs.join(":")
-            }
-        ),
-    ))
-}
-
-/// A failed plugin's error: its CNI error object when it printed one (even without
-/// `cniVersion`), otherwise its stderr or exit status.
-fn plugin_error(
-    kind: &str,
-    status: &std::process::ExitStatus,
-    stdout: &str,
-    stderr: &str,
-) -> CniError {
-    if let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(stdout) {
-        if let Some(code) = obj.get("code").and_then(Value::as_u64) {
-            let msg = obj.get("msg").and_then(Value::as_str).unwrap_or_default();
-            let mut details = obj
-                .get("details")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            if details.is_empty() {
-                details = stderr.trim().to_string();
-            }
-            return CniError {
-                code: u32::try_from(code).unwrap_or(Code::Internal as u32),
-                msg: format!("plugin {kind} failed with code {code}: {msg}"),
-                details,
-            };
-        }
-    }
-    let text = [stdout.trim(), stderr.trim()]
-        .into_iter()
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ");
-    let how = match status.code() {
-        Some(c) => format!("exit status {c}"),
-        None => "killed by a signal".to_string(),
-    };
-    CniError::new(
-        Code::Internal,
-        if text.is_empty() {
-            format!("plugin {kind} failed ({how})")
-        } else {
-            format!("plugin {kind} failed ({how}): {text}")
-        },
-    )
-}
-
 /// Fails unless every plugin binary of the network (and of the built-in's IPAM) can be found,
 /// so ADD can refuse before any delegate runs.
 pub fn check_available(network: &NetworkConfig, name: &str, search_path: &[PathBuf]) -> Result<()> {
@@ -521,17 +264,8 @@ pub fn check_available(network: &NetworkConfig, name: &str, search_path: &[PathB
     Ok(())
 }
 
-/// The search path: `binDir` first, then `CNI_PATH`.
-pub fn search_path(bin_dir: &Path, cni_path: &[PathBuf]) -> Vec<PathBuf> {
-    let mut path = vec![bin_dir.to_path_buf()];
-    path.extend(cni_path.iter().filter(|p| p.as_path() != bin_dir).cloned());
-    path
-}
-
 #[cfg(test)]
 mod tests {
-    use std::os::unix::process::ExitStatusExt;
-
     use serde_json::json;
 
     use super::*;
@@ -575,46 +309,5 @@ mod tests {
             second["capabilities"]["portMappings"], true,
             "capabilities is passed through, as libcni does"
         );
-    }
-
-    #[test]
-    fn plugin_errors_keep_code_message_and_details() {
-        let fail = std::process::ExitStatus::from_raw(1 << 8);
-        let e = plugin_error(
-            "bridge",
-            &fail,
-            r#"{"code":7,"msg":"bad master","details":"d"}"#,
-            "",
-        );
-        assert_eq!((e.code, e.details.as_str()), (7, "d"));
-        assert!(e.msg.contains("bridge") && e.msg.contains("bad master"));
-        let e = plugin_error("x", &fail, "", "panic: oops\n");
-        assert_eq!(e.code, 999);
-        assert!(e.msg.contains("panic: oops") && e.msg.contains("exit status 1"));
-        let e = plugin_error("x", &fail, r#"{"code":11,"msg":"busy"}"#, "stderr text");
-        assert_eq!((e.code, e.details.as_str()), (11, "stderr text"));
-        let killed = std::process::ExitStatus::from_raw(9);
-        assert!(plugin_error("x", &killed, "", "").msg.contains("signal"));
-    }
-
-    #[test]
-    fn search_path_puts_bin_dir_first_once() {
-        let p = search_path(
-            Path::new("/opt/cni/bin"),
-            &[PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")],
-        );
-        assert_eq!(
-            p,
-            vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]
-        );
-    }
-
-    #[test]
-    fn missing_plugin_is_a_config_error_naming_it_and_the_path() {
-        let e = CniError::from_anyhow(
-            &find_plugin("nope-plugin", &[PathBuf::from("/nonexistent")]).unwrap_err(),
-        );
-        assert_eq!(e.code, 7);
-        assert!(e.msg.contains("nope-plugin") && e.msg.contains("/nonexistent"));
     }
 }

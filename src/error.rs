@@ -70,6 +70,11 @@ impl CniError {
                 details.clone_from(&e.details);
                 break;
             }
+            if let Some(list) = cause.downcast_ref::<Failures>() {
+                code = Some(list.code());
+                details = list.details();
+                break;
+            }
         }
         let code = code.unwrap_or_else(|| {
             if err.chain().any(|c| c.is::<serde_json::Error>()) {
@@ -95,6 +100,90 @@ impl fmt::Display for CniError {
 }
 
 impl std::error::Error for CniError {}
+
+/// Every failure of an operation that goes on past them (DEL of each plugin of a chain and of
+/// each attachment, GC of each record and network), each with its own code. It stays a list
+/// until [`CniError::from_anyhow`] flattens it at the boundary: the code the failures share, or
+/// 999 when they differ; their messages joined; their details one per line.
+#[derive(Debug, Default)]
+pub struct Failures {
+    list: Vec<CniError>,
+    /// `(operation, items)`: read as "DEL failed for 2 attachment(s): a | b" rather than "a; b".
+    heading: Option<(&'static str, &'static str)>,
+}
+
+impl Failures {
+    /// A list that reads as its failures alone, joined with "; ".
+    pub fn new() -> Self {
+        Failures::default()
+    }
+
+    /// A list that reads "`operation` failed for N `items`: a | b".
+    pub fn headed(operation: &'static str, items: &'static str) -> Self {
+        Failures {
+            list: Vec::new(),
+            heading: Some((operation, items)),
+        }
+    }
+
+    /// Adds `err`, its message after `about` when that is not empty.
+    pub fn push(&mut self, about: &str, err: &anyhow::Error) {
+        let mut e = CniError::from_anyhow(err);
+        if !about.is_empty() {
+            e.msg = format!("{about}: {}", e.msg);
+        }
+        self.list.push(e);
+    }
+
+    /// The failures, each with its code.
+    pub fn list(&self) -> &[CniError] {
+        &self.list
+    }
+
+    /// `Ok` when nothing failed, else the list as the error.
+    pub fn into_result(self) -> anyhow::Result<()> {
+        if self.list.is_empty() {
+            Ok(())
+        } else {
+            Err(self.into())
+        }
+    }
+
+    /// The code of the whole: the one every failure has, else 999.
+    pub fn code(&self) -> u32 {
+        match self.list.split_first() {
+            Some((first, rest)) if rest.iter().all(|e| e.code == first.code) => first.code,
+            _ => Code::Internal as u32,
+        }
+    }
+
+    fn details(&self) -> String {
+        let details: Vec<&str> = self
+            .list
+            .iter()
+            .map(|e| e.details.as_str())
+            .filter(|d| !d.is_empty())
+            .collect();
+        details.join("\n")
+    }
+}
+
+impl fmt::Display for Failures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let messages: Vec<&str> = self.list.iter().map(|e| e.msg.as_str()).collect();
+        match self.heading {
+            Some((operation, items)) => write!(
+                f,
+                "{operation} failed for {} {items}: {}",
+                messages.len(),
+                messages.join(" | ")
+            ),
+            None => f.write_str(&messages.join("; ")),
+        }
+    }
+}
+
+impl std::error::Error for Failures {}
 
 /// Shorthand for an `anyhow::Error` carrying a well-known code.
 pub fn coded(code: Code, msg: impl Into<String>) -> anyhow::Error {
@@ -124,6 +213,38 @@ mod tests {
         let json = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
         assert_eq!(CniError::from_anyhow(&anyhow::Error::new(json)).code, 6);
         assert_eq!(CniError::from_anyhow(&anyhow::anyhow!("boom")).code, 999);
+    }
+
+    #[test]
+    fn a_list_of_failures_keeps_each_code_until_flattened() {
+        let mut inner = Failures::new();
+        inner.push("plugin 1", &coded(Code::TryAgainLater, "busy"));
+        inner.push("", &coded(Code::TryAgainLater, "later"));
+        let mut outer = Failures::headed("DEL", "attachment(s)");
+        outer.push("network a", &anyhow::Error::new(inner));
+        let mut again = CniError::new(Code::TryAgainLater, "gone");
+        again.details = "stderr".into();
+        outer.push("network b", &again.into());
+        assert_eq!(
+            outer.list().iter().map(|e| e.code).collect::<Vec<_>>(),
+            [11, 11]
+        );
+        let flat = CniError::from_anyhow(&outer.into_result().unwrap_err());
+        assert_eq!(flat.code, 11, "the code all of them share");
+        assert_eq!(
+            flat.msg,
+            "DEL failed for 2 attachment(s): network a: plugin 1: busy; later | network b: gone"
+        );
+        assert_eq!(flat.details, "stderr");
+
+        let mut mixed = Failures::new();
+        mixed.push("", &coded(Code::Io, "disk"));
+        mixed.push("", &coded(Code::TryAgainLater, "busy"));
+        assert_eq!(
+            CniError::from_anyhow(&mixed.into_result().unwrap_err()).code,
+            999
+        );
+        assert!(Failures::new().into_result().is_ok());
     }
 
     #[test]

@@ -17,11 +17,11 @@ use serde_json::{Value, json};
 use crate::cni::env::Command;
 use crate::cni::result::convert;
 use crate::cni::version::Version;
-use crate::delegate::Runner;
 use crate::error::{Code, coded};
 use crate::netlink::{self, Link};
 use crate::netns::NetNs;
 use crate::plan::Attachment;
+use crate::plugin::Runner;
 
 /// The `type` that selects this delegate.
 pub const TYPE: &str = "host-interface";

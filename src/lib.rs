@@ -5,16 +5,18 @@
 //!
 //! - [`cni`]: the protocol (environment, versions, result conversion);
 //! - [`config`]: multihome's configuration and delegate network configs;
-//! - [`resolve`]: what a call attaches, from the config, the pod and its NADs;
+//! - [`invocation`]: one call, and what it attaches (from the config, the pod and its NADs);
 //! - [`plan`]: the pure plan, networks + environment -> ordered attachments;
 //! - [`policy`]: the admin's policy for NetworkAttachmentDefinitions (pure);
-//! - [`delegate`]: executing delegate plugins;
+//! - [`plugin`]: running one plugin binary (find, exec, timeout, error decoding);
+//! - [`delegate`]: delegate networks: plugin chains and the built-in `host-interface`;
 //! - [`netns`]: namespaces and netlink;
-//! - [`cache`]: the per-attachment record;
-//! - [`k8s`]: the Kubernetes API (access, client, device checkpoint, status and events);
-//! - [`flows`]: ADD, DEL, CHECK, GC and STATUS;
+//! - [`cache`]: the per-attachment record, and its on-disk layouts ([`cache::record`]);
+//! - [`k8s`]: the cluster as a call sees it ([`k8s::Cluster`], [`k8s::Reach`]), the API access
+//!   and client, kubelet's device checkpoint;
+//! - [`flows`]: ADD, DEL, CHECK, GC and STATUS, and the network-status and events ADD reports;
 //! - [`commands`]: the command-line tool (`explain`, `attachments`, ...);
-//! - [`error`]: CNI error codes and the boundary mapping.
+//! - [`error`]: CNI error codes, lists of failures, and the boundary mapping.
 
 pub mod annotations;
 pub mod cache;
@@ -26,14 +28,15 @@ pub mod delegate;
 pub mod error;
 pub mod flows;
 pub mod host_interface;
+pub mod invocation;
 pub mod k8s;
 pub mod logfile;
 pub mod logging;
 pub mod netlink;
 pub mod netns;
 pub mod plan;
+pub mod plugin;
 pub mod policy;
-pub mod resolve;
 
 use anyhow::Result;
 use serde_json::Value;
@@ -42,8 +45,12 @@ use cni::env::{CniEnv, Command};
 use cni::version::version_reply;
 use config::NetConf;
 use error::{Code, coded};
+use invocation::Invocation;
+use k8s::{InCluster, Reach};
 
-/// Runs one CNI invocation. Returns what goes to stdout on success (`None`: print nothing).
+/// Runs one CNI invocation: the entry point of the one-shot CNI process, which sets up its
+/// logging from the config and decides how the flows reach the cluster. Returns what goes to
+/// stdout on success (`None`: print nothing).
 pub fn run(env: CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
     if env.command == Command::Version {
         let requested = serde_json::from_slice::<Value>(stdin).ok();
@@ -72,13 +79,20 @@ pub fn run(env: CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
             ),
         ));
     }
-    let inv = flows::Invocation { env, conf };
+    // Only this entry point looks at the process environment for the API server; the flows get
+    // the reach (connected only when a flow needs it: a DEL from its record never does).
+    let reach = Reach::api(
+        conf.kubeconfig.as_deref(),
+        InCluster::from_env(),
+        conf.api_timeouts,
+    );
+    let inv = Invocation { env, conf };
     let outcome = match inv.env.command {
-        Command::Add => flows::add(&inv).map(Some),
-        Command::Del => flows::del(&inv).map(|()| None),
+        Command::Add => flows::add(&inv, &reach).map(Some),
+        Command::Del => flows::del(&inv, &reach).map(|()| None),
         Command::Check => flows::check(&inv).map(|()| None),
-        Command::Gc => flows::gc(&inv).map(|()| None),
-        Command::Status => flows::status(&inv).map(|()| None),
+        Command::Gc => flows::gc(&inv, &reach).map(|()| None),
+        Command::Status => flows::status(&inv, &reach).map(|()| None),
         Command::Version => unreachable!("answered above"),
     };
     if let Err(e) = &outcome {

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use anyhow::Result;
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::annotations::NetworkSelection;
@@ -136,9 +135,8 @@ pub fn check_namespace_isolation(
     ))
 }
 
-/// One delegate call of the plan, as it will run (and as the cache records it).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// One delegate call of the plan, as it will run (the cache records it in a layout of its own).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Attachment {
     /// Display name (e.g. `ns/name`).
     pub name: String,
@@ -151,16 +149,12 @@ pub struct Attachment {
     /// Capability arguments, filtered per plugin by its `capabilities` at call time.
     pub runtime_config: Map<String, Value>,
     /// The allocated device's description (network-status `device-info`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_info: Option<Value>,
     /// `default-route` gateways this attachment should carry the pod's default route(s) through.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_route: Option<Vec<IpAddr>>,
     /// Where the network's config came from (shown by `explain`; DEL does not need it).
-    #[serde(skip)]
     pub source: String,
     /// The `nadPolicy` rule that admitted the NAD, if a policy judged it.
-    #[serde(skip)]
     pub policy_rule: Option<usize>,
 }
 

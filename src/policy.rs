@@ -11,7 +11,6 @@ use anyhow::Result;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::NetworkConfig;
 use crate::error::{Code, coded};
 
 /// One rule: for NADs in `namespaces`, what they may use. A key left out is not restricted; a
@@ -83,14 +82,9 @@ fn any(patterns: &[String], text: &str) -> bool {
     patterns.iter().any(|p| glob(p, text))
 }
 
-/// Judges the NAD `namespace/name` resolved to `network`: the first rule whose `namespaces`
+/// Judges the NAD `namespace/name` resolved to a network of `plugins`: the first rule whose `namespaces`
 /// match decides; none matching is a denial. Returns the index of the admitting rule.
-pub fn check(
-    rules: &[Rule],
-    namespace: &str,
-    name: &str,
-    network: &NetworkConfig,
-) -> Result<usize> {
+pub fn check(rules: &[Rule], namespace: &str, name: &str, plugins: &[Value]) -> Result<usize> {
     let nad = format!("NetworkAttachmentDefinition {namespace}/{name}");
     let Some((index, rule)) = rules
         .iter()
@@ -111,7 +105,7 @@ pub fn check(
             ),
         )
     };
-    for (i, plugin) in network.plugins.iter().enumerate() {
+    for (i, plugin) in plugins.iter().enumerate() {
         let kind = plugin
             .get("type")
             .and_then(Value::as_str)
@@ -153,11 +147,14 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::cni::version::Version;
     use crate::error::CniError;
 
-    fn net(v: Value) -> NetworkConfig {
-        NetworkConfig::from_value(v, Version::new(1, 0, 0)).unwrap()
+    /// The plugins of a network config: its `plugins` list, or the config itself.
+    fn net(v: Value) -> Vec<Value> {
+        match v.get("plugins") {
+            Some(Value::Array(plugins)) => plugins.clone(),
+            _ => vec![v],
+        }
     }
 
     fn rules() -> Vec<Rule> {

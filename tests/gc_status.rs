@@ -345,6 +345,52 @@ fn a_record_of_the_layout_before_is_checked_and_deleted_after_an_upgrade() {
     assert_eq!(w.cache_files(), Vec::<String>::new());
 }
 
+/// Every record layout multihome ever wrote (tests/golden, byte for byte as the release that
+/// introduced it wrote it), put in place of the record of a live ADD of the same two networks:
+/// DEL releases every link and IP it lists, as after an upgrade in place, from the record alone.
+#[test]
+fn records_of_every_layout_ever_written_are_deleted() {
+    for (layout, file, text) in [
+        (
+            "per container",
+            "@CONTAINER@.json",
+            include_str!("golden/per-container/@CONTAINER@.json"),
+        ),
+        (
+            "per attachment",
+            "multihome+@CONTAINER@+eth0.json",
+            include_str!("golden/per-attachment/multihome+@CONTAINER@+eth0.json"),
+        ),
+    ] {
+        let w = World::new("golden");
+        let conf = w.conf("1.0.0", vec![w.cluster_net("1.0.0"), w.ptp_net("1.0.0")]);
+        w.run("ADD", &conf).success();
+        assert_eq!(w.all_reserved_ips().len(), 2, "{layout}");
+        for name in w.cache_files() {
+            std::fs::remove_file(w.cache_dir().join(name)).unwrap();
+        }
+        let ours = |t: &str| {
+            t.replace("@CONTAINER@", &w.container_id)
+                .replace("@NETNS@", &w.pod.path())
+                .replace("@IPAM@", w.ipam_dir().to_str().unwrap())
+        };
+        std::fs::write(w.cache_dir().join(ours(file)), ours(text)).unwrap();
+
+        // Only the record knows of p2p: a DEL that could not read it would re-plan from this
+        // config and leave net1 and its IP behind.
+        let cluster_only = w.conf("1.0.0", vec![w.cluster_net("1.0.0")]);
+        let del = w.run("DEL", &cluster_only).success();
+        assert!(
+            !del.stderr.contains("deleting what the config plans"),
+            "{layout}: {}",
+            del.stderr
+        );
+        assert_eq!(w.pod.links(), Vec::<String>::new(), "{layout}");
+        assert_eq!(w.all_reserved_ips(), vec![], "{layout}");
+        assert_eq!(w.cache_files(), Vec::<String>::new(), "{layout}");
+    }
+}
+
 #[test]
 fn a_repeated_del_runs_no_delegate() {
     let w = World::new("del2");

@@ -26,13 +26,11 @@ use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 use nix::fcntl::{Flock, FlockArg};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::plan::Attachment;
 
-/// Marks the file format, so a future layout can be told apart.
-pub const KIND: &str = "multihome/v1";
+pub mod record;
 
 /// The separator of the parts of a record's file name; not allowed in network names or
 /// container IDs.
@@ -76,14 +74,10 @@ impl Key {
     }
 }
 
-/// One attachment's record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// One attachment's record, in memory; [`record`] writes and reads it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Record {
-    /// Always [`KIND`].
-    pub kind: String,
     /// multihome's network name (empty in records of the layout before).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub network: String,
     /// `CNI_CONTAINERID`.
     pub container_id: String,
@@ -92,23 +86,19 @@ pub struct Record {
     /// `CNI_IFNAME` at ADD.
     pub ifname: String,
     /// When ADD began (RFC 3339, UTC).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub added: Option<String>,
     /// The attachments, in ADD order, with their results once added.
     pub attachments: Vec<CachedAttachment>,
 }
 
 /// An attachment and, once its ADD succeeded, its result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CachedAttachment {
     /// What was (or is about to be) run.
-    #[serde(flatten)]
     pub attachment: Attachment,
     /// The delegate's ADD result, in its own version; `None` until it succeeded.
     pub result: Option<Value>,
     /// The original name of a host interface moved into the pod, to give back on DEL.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_link: Option<String>,
 }
 
@@ -383,16 +373,9 @@ impl Cache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("reading cache {}", path.display())),
         };
-        let record: Record = serde_json::from_slice(&bytes)
-            .with_context(|| format!("decoding cache {}", path.display()))?;
-        if record.kind != KIND {
-            anyhow::bail!(
-                "cache {} has unknown kind {:?}",
-                path.display(),
-                record.kind
-            );
-        }
-        Ok(Some(record))
+        record::decode(&bytes)
+            .with_context(|| format!("decoding cache {}", path.display()))
+            .map(Some)
     }
 
     /// Writes the locked record atomically (temporary file, rename). With `durable` the data
@@ -406,7 +389,7 @@ impl Cache {
                 .write(true)
                 .mode(0o600)
                 .open(&lock.tmp)?;
-            file.write_all(&serde_json::to_vec(record).map_err(std::io::Error::other)?)?;
+            file.write_all(&record::encode(record).map_err(std::io::Error::other)?)?;
             if durable == Durability::Durable {
                 file.sync_all()?;
             }
@@ -460,8 +443,7 @@ impl Cache {
                 let record = fs::read(&path)
                     .with_context(|| format!("reading {}", path.display()))
                     .and_then(|b| {
-                        serde_json::from_slice::<Record>(&b)
-                            .with_context(|| format!("decoding {}", path.display()))
+                        record::decode(&b).with_context(|| format!("decoding {}", path.display()))
                     });
                 (name, record)
             })
@@ -536,7 +518,6 @@ mod tests {
         )
         .unwrap();
         Record {
-            kind: KIND.into(),
             network: "mh".into(),
             container_id: cid.into(),
             netns: Some("/run/netns/x".into()),

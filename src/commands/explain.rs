@@ -15,15 +15,16 @@ use super::{Common, cell};
 use crate::annotations;
 use crate::cni::env::{CniEnv, Command, format_args};
 use crate::config::plugin_type;
-use crate::delegate::find_plugin;
 use crate::error::{CniError, Code, coded};
-use crate::flows::{Invocation, check_binaries};
+use crate::flows::check_binaries;
 use crate::host_interface;
+use crate::invocation::Invocation;
+use crate::invocation::resolve::{Kube, PodRef};
 use crate::k8s::client::ObjectMeta;
-use crate::k8s::{Nad, Pod};
+use crate::k8s::{InCluster, Nad, Offline, Pod, Reach};
 use crate::netns::NetNs;
 use crate::plan::{Attachment, filter_runtime_config};
-use crate::resolve::{Api, Kube, PodRef};
+use crate::plugin::find_plugin;
 
 const HELP: &str = concat!(
     "\
@@ -139,13 +140,18 @@ pub fn explain(args: Args) -> Result<ExitCode> {
             .map(|p| std::env::split_paths(&p).collect())
             .unwrap_or_default(),
     };
+    let reach = Reach::api(
+        conf.kubeconfig.as_deref(),
+        InCluster::from_env(),
+        conf.api_timeouts,
+    );
     let inv = Invocation { env, conf };
 
     let mut attachments = Vec::new();
     let mut warnings = Vec::new();
     let outcome = (|| -> Result<()> {
         let kube = match &args.pod {
-            Some(_) => inv.kube(true)?,
+            Some(_) => inv.kube(&reach, true)?,
             None => Some(offline(&args, &namespace, &name)?),
         };
         if let Some(k) = &kube {
@@ -178,7 +184,7 @@ pub fn explain(args: Args) -> Result<ExitCode> {
 }
 
 /// The pod given by hand: its namespace, annotations and NADs, as the API would have them.
-fn offline(args: &Args, namespace: &str, name: &str) -> Result<Kube> {
+fn offline(args: &Args, namespace: &str, name: &str) -> Result<Kube<'static>> {
     let mut nads = HashMap::new();
     for file in &args.nad {
         let text = std::fs::read_to_string(file)
@@ -215,7 +221,7 @@ fn offline(args: &Args, namespace: &str, name: &str) -> Result<Kube> {
         },
     };
     Ok(Kube {
-        api: Api::Offline(nads),
+        cluster: Box::new(Offline(nads)),
         pod_ref: Some(PodRef {
             namespace: namespace.to_string(),
             name: name.to_string(),

@@ -20,6 +20,7 @@ use anyhow::{Context, Result};
 use serde_json::{Map, Value, json};
 
 use super::cli::{self, Parser};
+use super::install_watch;
 use crate::config::config_files;
 use crate::error::{Code, coded};
 
@@ -89,10 +90,10 @@ Options:
 /// `install`'s arguments: Multus's entrypoint flags, and a few of multihome's own (see [`HELP`]).
 #[derive(Debug)]
 pub struct Args {
-    pub(super) cni_conf_dir: PathBuf,
+    cni_conf_dir: PathBuf,
     cni_bin_dir: PathBuf,
     multus_conf_file: String,
-    pub(super) multus_autoconfig_dir: Option<PathBuf>,
+    multus_autoconfig_dir: Option<PathBuf>,
     multus_kubeconfig_file_host: PathBuf,
     multus_master_cni_file_name: String,
     namespace_isolation: bool,
@@ -104,11 +105,11 @@ pub struct Args {
     cni_version: String,
     force_cni_version: bool,
     skip_multus_binary_copy: bool,
-    pub(super) cleanup_config_on_exit: bool,
-    pub(super) skip_config_watch: bool,
+    cleanup_config_on_exit: bool,
+    skip_config_watch: bool,
     once: bool,
     cni_conf_dir_host: Option<PathBuf>,
-    pub(super) service_account_dir: PathBuf,
+    service_account_dir: PathBuf,
     nad_policy: Option<PathBuf>,
     primary_timeout: u64,
 }
@@ -178,7 +179,7 @@ pub fn install(args: Args) -> Result<ExitCode> {
     let signals = if args.once {
         None
     } else {
-        Some(super::install_watch::block_signals()?)
+        Some(install_watch::block_signals()?)
     };
     if !args.skip_multus_binary_copy {
         copy_binary(&args.cni_bin_dir)?;
@@ -188,7 +189,32 @@ pub fn install(args: Args) -> Result<ExitCode> {
     let Some(signals) = signals else {
         return Ok(ExitCode::SUCCESS);
     };
-    super::install_watch::watch(&args, &config, signals)?;
+    let primary_dir = args
+        .multus_autoconfig_dir
+        .as_ref()
+        .unwrap_or(&args.cni_conf_dir);
+    let dirs: Vec<&Path> = if args.skip_config_watch {
+        log("not watching (--skip-config-watch)");
+        vec![]
+    } else {
+        vec![primary_dir, &args.service_account_dir]
+    };
+    let sig = install_watch::watch(&dirs, signals, log, || {
+        if let Err(e) = write_kubeconfig(&args) {
+            log(&format!("kubeconfig: {e:#}"));
+        }
+        if let Err(e) = generate(&args) {
+            log(&format!("config: {e:#}"));
+        }
+    })?;
+    log(&format!(
+        "{sig}: exiting{}",
+        if args.cleanup_config_on_exit {
+            String::new()
+        } else {
+            format!(", {} stays in place", config.display())
+        }
+    ));
     if args.cleanup_config_on_exit {
         match fs::remove_file(&config) {
             Ok(()) => log(&format!("removed {}", config.display())),
@@ -199,7 +225,7 @@ pub fn install(args: Args) -> Result<ExitCode> {
 }
 
 /// One line per action, to stderr.
-pub(super) fn log(line: &str) {
+fn log(line: &str) {
     eprintln!(
         "{} multihome install: {line}",
         humantime::format_rfc3339_seconds(std::time::SystemTime::now())
@@ -264,7 +290,7 @@ fn kube_dir(args: &Args) -> PathBuf {
 
 /// The kubeconfig from the service account: the API from `KUBERNETES_SERVICE_HOST`/`_PORT`, the
 /// token and CA copied beside it (0600, in a 0700 directory) and named by relative paths.
-pub(super) fn write_kubeconfig(args: &Args) -> Result<()> {
+fn write_kubeconfig(args: &Args) -> Result<()> {
     let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let (Some(host), Some(port)) = (
         get("KUBERNETES_SERVICE_HOST"),
@@ -321,7 +347,7 @@ pub(super) fn write_kubeconfig(args: &Args) -> Result<()> {
 }
 
 /// Waits for the primary CNI config and generates multihome's from it; returns its path.
-pub(super) fn generate(args: &Args) -> Result<PathBuf> {
+fn generate(args: &Args) -> Result<PathBuf> {
     if args.multus_conf_file != "auto" {
         let src = Path::new(&args.multus_conf_file);
         let bytes = fs::read(src)

@@ -1,6 +1,7 @@
 //! `multihome install` after the first install: watch the primary config's directory and the
-//! service account's (inotify, through nix) and rewrite what changed, until SIGTERM or
-//! SIGINT. kubelet rotates a projected service-account token by swapping the `..data` symlink
+//! service account's (inotify, through nix) and let the installer rewrite what changed, until
+//! SIGTERM or SIGINT. What to do on a change is the caller's: this module knows directories,
+//! events and signals only. kubelet rotates a projected service-account token by swapping the `..data` symlink
 //! of that directory, so a watch on the token file itself would never fire: the directory is
 //! watched.
 
@@ -11,8 +12,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::{SigSet, Signal};
-
-use super::install::{Args, generate, log, write_kubeconfig};
 
 /// What makes the watched directories worth another look: an entry created, removed, renamed
 /// (kubelet's `..data` swap, an atomic config write), written or re-permissioned.
@@ -41,9 +40,14 @@ pub fn block_signals() -> Result<SigSet> {
     Ok(signals)
 }
 
-/// Keeps the kubeconfig's token and CA and the generated config current until one of the
-/// blocked `signals`.
-pub fn watch(args: &Args, config: &Path, signals: SigSet) -> Result<()> {
+/// Calls `refresh` once, then again after every burst of changes in `dirs` (those that exist),
+/// until one of the blocked `signals`, which it returns. `log` takes its one-line reports.
+pub fn watch(
+    dirs: &[&Path],
+    signals: SigSet,
+    log: fn(&str),
+    mut refresh: impl FnMut(),
+) -> Result<Signal> {
     let (tx, rx) = mpsc::channel();
     let on_signal = tx.clone();
     std::thread::spawn(move || {
@@ -51,19 +55,13 @@ pub fn watch(args: &Args, config: &Path, signals: SigSet) -> Result<()> {
             let _ = on_signal.send(Wake::Signal(sig));
         }
     });
-    if args.skip_config_watch {
-        log("not watching (--skip-config-watch)");
-    } else {
+    if !dirs.is_empty() {
         let inotify =
             Inotify::init(InitFlags::IN_CLOEXEC).context("starting the file watcher (inotify)")?;
-        let primary_dir = args
-            .multus_autoconfig_dir
-            .as_ref()
-            .unwrap_or(&args.cni_conf_dir);
-        for dir in [primary_dir, &args.service_account_dir] {
+        for dir in dirs {
             if dir.is_dir() {
                 inotify
-                    .add_watch(dir, WATCHED)
+                    .add_watch(*dir, WATCHED)
                     .with_context(|| format!("watching {}", dir.display()))?;
                 log(&format!("watching {}", dir.display()));
             }
@@ -93,25 +91,8 @@ pub fn watch(args: &Args, config: &Path, signals: SigSet) -> Result<()> {
             }
         }
         match wake {
-            Wake::Signal(sig) => {
-                log(&format!(
-                    "{sig}: exiting{}",
-                    if args.cleanup_config_on_exit {
-                        String::new()
-                    } else {
-                        format!(", {} stays in place", config.display())
-                    }
-                ));
-                return Ok(());
-            }
-            Wake::Changed => {
-                if let Err(e) = write_kubeconfig(args) {
-                    log(&format!("kubeconfig: {e:#}"));
-                }
-                if let Err(e) = generate(args) {
-                    log(&format!("config: {e:#}"));
-                }
-            }
+            Wake::Signal(sig) => return Ok(sig),
+            Wake::Changed => refresh(),
         }
         wake = rx.recv().context("the watcher stopped")?;
     }

@@ -6,17 +6,20 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use super::{Invocation, del_attachments};
-use crate::cache::{Cache, CachedAttachment, Durability, KIND, Key, Lock, Record};
+use super::del_attachments;
+use super::report;
+use crate::cache::{Cache, CachedAttachment, Durability, Key, Lock, Record};
 use crate::cni::result::convert;
 use crate::config::NetConf;
 use crate::default_route;
-use crate::delegate::{Runner, check_available};
+use crate::delegate::check_available;
 use crate::error::{Code, coded};
-use crate::k8s::report;
+use crate::invocation::Invocation;
+use crate::invocation::resolve::Kube;
+use crate::k8s::Reach;
 use crate::netns::NetNs;
 use crate::plan::Attachment;
-use crate::resolve::Kube;
+use crate::plugin::Runner;
 
 /// How long ADD waits for `readinessindicatorfile` (Multus waits 45 s).
 const READINESS_TIMEOUT: Duration = Duration::from_secs(45);
@@ -24,7 +27,7 @@ const READINESS_POLL: Duration = Duration::from_millis(100);
 
 /// ADD: attach every planned network; returns the cluster network's result in the caller's
 /// version. On failure nothing stays attached.
-pub fn add(inv: &Invocation) -> Result<Value> {
+pub fn add(inv: &Invocation, reach: &Reach<'_>) -> Result<Value> {
     let cache = inv.cache();
     let key = inv.key();
     if let Err(e) = wait_for_readiness(&inv.conf) {
@@ -34,7 +37,7 @@ pub fn add(inv: &Invocation) -> Result<Value> {
     // Held from here on: an ADD racing another ADD or a DEL of the same attachment must see
     // what that one left, interfaces and record alike.
     let lock = cache.lock(&key)?;
-    let (kube, attachments, netns) = match prepare(inv, &cache, &lock) {
+    let (kube, attachments, netns) = match prepare(inv, reach, &cache, &lock) {
         Ok(prepared) => prepared,
         Err(e) => {
             attached_nothing(&cache, lock, &key);
@@ -43,7 +46,6 @@ pub fn add(inv: &Invocation) -> Result<Value> {
     };
     let runner = inv.runner();
     let mut record = Record {
-        kind: KIND.into(),
         network: inv.conf.name.clone(),
         container_id: inv.env.container_id.clone(),
         netns: inv.env.netns.clone(),
@@ -123,11 +125,12 @@ pub(crate) fn check_binaries(inv: &Invocation, attachments: &[Attachment]) -> Re
 /// API), the plan, the plugin binaries, and that no planned interface exists in the pod. A
 /// record left by an ADD that no DEL followed describes attachments that are gone (their
 /// interfaces are not in the pod): it is torn down first, so that its IPAM is not leaked.
-fn prepare(
+fn prepare<'a>(
     inv: &Invocation,
+    reach: &'a Reach<'_>,
     cache: &Cache,
     lock: &Lock,
-) -> Result<(Option<Kube>, Vec<Attachment>, NetNs)> {
+) -> Result<(Option<Kube<'a>>, Vec<Attachment>, NetNs)> {
     // The pod's interfaces are listed over netlink while the API is asked about the pod; a bad
     // CNI_NETNS is reported after the config's own errors.
     let (kube, pod_links) = std::thread::scope(|s| {
@@ -136,7 +139,7 @@ fn prepare(
             let names = netns.link_names()?;
             Ok((netns, names))
         });
-        (inv.kube(true), links.join())
+        (inv.kube(reach, true), links.join())
     });
     let kube = kube?;
     let attachments = inv.plan(kube.as_ref())?;

@@ -2,8 +2,9 @@
 
 use anyhow::{Context, Result};
 
-use super::{Invocation, find_record};
+use super::find_record;
 use crate::error::{Code, coded};
+use crate::invocation::Invocation;
 
 /// CHECK of the invocation's attachment.
 pub fn check(inv: &Invocation) -> Result<()> {

@@ -7,12 +7,14 @@
 
 use anyhow::Result;
 
-use super::{Invocation, del_attachments, find_record};
+use super::{del_attachments, find_record};
 use crate::cache::{Cache, CachedAttachment, Key, Lock, Record};
-use crate::delegate::Runner;
+use crate::invocation::Invocation;
+use crate::k8s::Reach;
+use crate::plugin::Runner;
 
 /// DEL of the invocation's attachment.
-pub fn del(inv: &Invocation) -> Result<()> {
+pub fn del(inv: &Invocation, reach: &Reach<'_>) -> Result<()> {
     let cache = inv.cache();
     let key = inv.key();
     let (lock, found) = find_record(&cache, &key)?;
@@ -36,7 +38,7 @@ pub fn del(inv: &Invocation) -> Result<()> {
         inv.env.container_id,
         inv.env.ifname
     );
-    del_replanned(inv);
+    del_replanned(inv, reach);
     cache.leave_tombstone(&key);
     cache.remove(lock)
 }
@@ -65,8 +67,8 @@ pub(crate) fn teardown(
 /// Nothing readable says what is attached (no record, or a damaged one): DEL every planned
 /// network so IPAM is released (from the API when it answers, else from the config). Nothing
 /// proves these were attached, so failures are logged and never block the pod's teardown.
-fn del_replanned(inv: &Invocation) {
-    let kube = inv.kube(false).unwrap_or_else(|e| {
+fn del_replanned(inv: &Invocation, reach: &Reach<'_>) {
+    let kube = inv.kube(reach, false).unwrap_or_else(|e| {
         log::warn!("the API is unavailable, planning from the config alone: {e:#}");
         None
     });

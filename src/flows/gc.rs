@@ -10,22 +10,24 @@ use std::time::SystemTime;
 use anyhow::Result;
 use serde_json::Value;
 
-use super::{Invocation, reported, static_networks};
+use super::del::teardown;
 use crate::cache::{Key, Lock, Record};
 use crate::config::{NetConf, NetworkConfig};
-use crate::error::{CniError, Code, coded};
-use crate::flows::del::teardown;
+use crate::error::{Code, Failures, coded};
+use crate::invocation::Invocation;
+use crate::invocation::resolve::static_networks;
+use crate::k8s::Reach;
 
 /// A runtime attachment: container ID and interface name.
 type Attachment = (String, String);
 
 /// GC of this network's records and its delegates.
-pub fn gc(inv: &Invocation) -> Result<()> {
+pub fn gc(inv: &Invocation, reach: &Reach<'_>) -> Result<()> {
     let valid = valid_attachments(&inv.conf)?;
     let started = SystemTime::now();
     let cache = inv.cache();
     let listing = cache.list(&inv.conf.name)?;
-    let mut errors = Vec::new();
+    let mut failures = Failures::headed("GC", "item(s)");
     let mut kept: Vec<Record> = Vec::new();
     let mut removed: Vec<Record> = Vec::new();
     let mut visit = |lock: Lock, record: Result<Option<Record>>, live: &dyn Fn(&Record) -> bool| {
@@ -43,20 +45,15 @@ pub fn gc(inv: &Invocation) -> Result<()> {
                     ifname: r.ifname.clone(),
                 };
                 if let Err(e) = teardown(&runner, &cache, lock, &key, &r, false) {
-                    errors.push(format!(
-                        "container {} ({}): {}",
-                        r.container_id,
-                        r.ifname,
-                        CniError::from_anyhow(&e).msg
-                    ));
+                    failures.push(&format!("container {} ({})", r.container_id, r.ifname), &e);
                 }
                 removed.push(r);
             }
             // A lock or temporary file without a record: a crashed process's leftovers.
-            Ok(None) => note(&mut errors, cache.remove(lock)),
+            Ok(None) => note(&mut failures, cache.remove(lock)),
             Err(e) => {
                 log::warn!("GC removes an unreadable record: {e:#}");
-                note(&mut errors, cache.remove(lock));
+                note(&mut failures, cache.remove(lock));
             }
         }
     };
@@ -81,13 +78,13 @@ pub fn gc(inv: &Invocation) -> Result<()> {
         });
     }
     cache.expire_tombstones();
-    forward(inv, &kept, &removed, &mut errors);
-    reported("GC", "item(s)", &errors)
+    forward(inv, reach, &kept, &removed, &mut failures);
+    failures.into_result()
 }
 
-fn note(errors: &mut Vec<String>, outcome: Result<()>) {
+fn note(failures: &mut Failures, outcome: Result<()>) {
     if let Err(e) = outcome {
-        errors.push(format!("{e:#}"));
+        failures.push("", &e);
     }
 }
 
@@ -102,7 +99,13 @@ fn added_after(record: &Record, started: SystemTime) -> bool {
 /// GC of every delegate network multihome knows (from records, kept and removed, and from the
 /// config), once per network, with the attachments multihome gave it that are still valid.
 /// Networks below 1.1.0 or with `disableGC` get none.
-fn forward(inv: &Invocation, kept: &[Record], removed: &[Record], errors: &mut Vec<String>) {
+fn forward(
+    inv: &Invocation,
+    reach: &Reach<'_>,
+    kept: &[Record],
+    removed: &[Record],
+    failures: &mut Failures,
+) {
     let mut networks: BTreeMap<String, (NetworkConfig, Vec<Attachment>)> = BTreeMap::new();
     for (record, live) in kept
         .iter()
@@ -120,7 +123,7 @@ fn forward(inv: &Invocation, kept: &[Record], removed: &[Record], errors: &mut V
             }
         }
     }
-    for (_, net) in static_networks(&inv.conf) {
+    for (_, net) in static_networks(&inv.conf, reach) {
         if let Ok(Some(net)) = net {
             networks
                 .entry(net.name.clone())
@@ -133,7 +136,7 @@ fn forward(inv: &Invocation, kept: &[Record], removed: &[Record], errors: &mut V
             continue;
         }
         if let Err(e) = runner.gc(net, valid) {
-            errors.push(CniError::from_anyhow(&e).msg);
+            failures.push("", &e);
         }
     }
 }
@@ -190,6 +193,7 @@ fn valid_attachments(conf: &NetConf) -> Result<HashSet<Attachment>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::CniError;
 
     fn conf(extra: &str) -> NetConf {
         NetConf::parse(

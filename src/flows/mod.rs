@@ -1,5 +1,7 @@
 //! The CNI operations as a library the one-shot binary (and later a node daemon) calls: one
-//! module per operation.
+//! module per operation, each given the [`Invocation`](crate::invocation::Invocation) and how to
+//! reach the cluster
+//! ([`Reach`](crate::k8s::Reach)) by its entry point.
 //!
 //! ADD validates everything before the first delegate runs, records the plan durably, adds in
 //! order, reports to Kubernetes, and rolls back on any failure. DEL works from the record, in
@@ -11,6 +13,7 @@ mod add;
 mod check;
 mod del;
 mod gc;
+mod report;
 mod status;
 
 pub use add::add;
@@ -23,48 +26,8 @@ pub use status::status;
 use anyhow::Result;
 
 use crate::cache::{Cache, CachedAttachment, Key, Lock, Record};
-use crate::cni::env::CniEnv;
-use crate::config::{NetConf, NetworkConfig, resolve_network};
-use crate::delegate::{Runner, search_path};
-use crate::error::{CniError, Code, coded};
-
-/// One invocation: the validated environment and multihome's config.
-#[derive(Debug, Clone)]
-pub struct Invocation {
-    /// The `CNI_*` environment.
-    pub env: CniEnv,
-    /// multihome's config (stdin).
-    pub conf: NetConf,
-}
-
-impl Invocation {
-    /// A runner for delegate calls about `netns` (the invocation's own, or a recorded one).
-    pub(crate) fn runner_in(&self, container_id: &str, netns: Option<String>) -> Runner {
-        Runner {
-            search_path: search_path(&self.conf.bin_dir, &self.env.path),
-            container_id: container_id.to_string(),
-            netns,
-            timeout: self.conf.delegate_timeout,
-        }
-    }
-
-    pub(crate) fn runner(&self) -> Runner {
-        self.runner_in(&self.env.container_id, self.env.netns.clone())
-    }
-
-    pub(crate) fn cache(&self) -> Cache {
-        Cache::new(&self.conf.cni_dir)
-    }
-
-    /// The CNI attachment this invocation is about.
-    pub(crate) fn key(&self) -> Key {
-        Key {
-            network: self.conf.name.clone(),
-            container_id: self.env.container_id.clone(),
-            ifname: self.env.ifname.clone(),
-        }
-    }
-}
+use crate::error::Failures;
+use crate::plugin::Runner;
 
 /// The record of `key`, with the held lock of the file it came from: the current layout first,
 /// then the one record per container that multihome wrote before records were keyed by
@@ -91,70 +54,14 @@ pub(crate) fn find_record(cache: &Cache, key: &Key) -> Result<(Lock, Result<Opti
     }
 }
 
-/// The networks every pod gets, as far as they are known without the API: inline `delegates`,
-/// and `clusterNetwork`/`defaultNetworks` given as a file, a directory or a `confDir` name. A
-/// plain name found nowhere in `confDir` is, when the API is configured, a
-/// NetworkAttachmentDefinition (`Ok(None)`). Each comes with the config key it is from.
-pub(crate) fn static_networks(conf: &NetConf) -> Vec<(String, Result<Option<NetworkConfig>>)> {
-    let Some(cluster) = &conf.cluster_network else {
-        return conf
-            .delegates
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                let net = NetworkConfig::from_value(d.clone(), conf.cni_version).map(Some);
-                (format!("multihome config \"delegates\"[{i}]"), net)
-            })
-            .collect();
-    };
-    let api = conf.kubeconfig.is_some()
-        || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|h| !h.is_empty());
-    std::iter::once(("clusterNetwork", cluster))
-        .chain(conf.default_networks.iter().map(|n| ("defaultNetworks", n)))
-        .map(|(key, reference)| {
-            let net = match resolve_network(reference, &conf.conf_dir, conf.cni_version) {
-                Err(_) if api && !reference.contains('/') => Ok(None),
-                other => other.map(Some),
-            };
-            (format!("{key} {reference:?}"), net)
-        })
-        .collect()
-}
-
 /// DEL of the given attachments in reverse, continuing past failures and reporting them all.
 pub(crate) fn del_attachments(runner: &Runner, attachments: &[CachedAttachment]) -> Result<()> {
-    let errors: Vec<String> = attachments
-        .iter()
-        .rev()
-        .filter_map(|a| {
-            runner
-                .del(&a.attachment, a.result.as_ref(), a.host_link.as_deref())
-                .err()
-                .map(|e| {
-                    format!(
-                        "network {:?} ({}): {}",
-                        a.attachment.name,
-                        a.attachment.ifname,
-                        CniError::from_anyhow(&e).msg
-                    )
-                })
-        })
-        .collect();
-    reported("DEL", "attachment(s)", &errors)
-}
-
-/// `Ok` when nothing failed, else one error listing every failure of `what` (the operations
-/// that go on past failures report them all at the end).
-pub(crate) fn reported(what: &str, items: &str, errors: &[String]) -> Result<()> {
-    if errors.is_empty() {
-        return Ok(());
+    let mut failures = Failures::headed("DEL", "attachment(s)");
+    for a in attachments.iter().rev() {
+        if let Err(e) = runner.del(&a.attachment, a.result.as_ref(), a.host_link.as_deref()) {
+            let about = format!("network {:?} ({})", a.attachment.name, a.attachment.ifname);
+            failures.push(&about, &e);
+        }
     }
-    Err(coded(
-        Code::Internal,
-        format!(
-            "{what} failed for {} {items}: {}",
-            errors.len(),
-            errors.join(" | ")
-        ),
-    ))
+    failures.into_result()
 }

@@ -10,8 +10,8 @@ use crate::annotations::{self, StatusInput};
 use crate::cache::Record;
 use crate::cni::result::convert;
 use crate::cni::version::Version;
-use crate::error::CniError;
-use crate::resolve::Kube;
+use crate::invocation::resolve::Kube;
+use crate::k8s::Patched;
 
 /// The status entries of the recorded attachments, results read in the 1.0 shape. The first
 /// attachment is the cluster-wide default network's and the only one marked `default` (network
@@ -46,14 +46,15 @@ fn status_of(record: &Record) -> Result<Value> {
 /// Writes `network-status` with a merge PATCH of the pod's status subresource: only that
 /// annotation changes, so nothing else written by others can be lost. A pod deleted meanwhile
 /// is not an error (its DEL is coming).
-pub(crate) fn report_status(kube: &Kube, record: &Record) -> Result<()> {
-    let (Some(pod), Some(r), Some(client)) = (&kube.pod, &kube.pod_ref, kube.client()) else {
+pub(crate) fn report_status(kube: &Kube<'_>, record: &Record) -> Result<()> {
+    let (Some(pod), Some(r)) = (&kube.pod, &kube.pod_ref) else {
         return Ok(());
     };
     let status = serde_json::to_string(&status_of(record)?).context("encoding network-status")?;
     let patch = json!({"metadata": {"annotations": {annotations::NETWORK_STATUS: status}}});
-    match client.patch_pod_status(&r.namespace, &r.name, &patch) {
-        Err(e) if CniError::from_anyhow(&e).msg.contains("pod not found") => {
+    match kube.cluster.patch_pod_status(&r.namespace, &r.name, &patch) {
+        Ok(Patched::Written) => Ok(()),
+        Ok(Patched::PodGone) => {
             log::warn!(
                 "pod {}/{} ({}) vanished before network-status was written",
                 r.namespace,
@@ -62,7 +63,7 @@ pub(crate) fn report_status(kube: &Kube, record: &Record) -> Result<()> {
             );
             Ok(())
         }
-        other => other.with_context(|| {
+        Err(e) => Err(e).with_context(|| {
             format!(
                 "writing {} of pod {}/{}",
                 annotations::NETWORK_STATUS,
@@ -74,8 +75,8 @@ pub(crate) fn report_status(kube: &Kube, record: &Record) -> Result<()> {
 }
 
 /// An `AddedInterface` event per attachment. Best effort: an event failing never fails ADD.
-pub(crate) fn send_events(kube: &Kube, record: &Record) {
-    let (Some(pod), Some(r), Some(client)) = (&kube.pod, &kube.pod_ref, kube.client()) else {
+pub(crate) fn send_events(kube: &Kube<'_>, record: &Record) {
+    let (Some(pod), Some(r)) = (&kube.pod, &kube.pod_ref) else {
         return;
     };
     let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
@@ -107,7 +108,7 @@ pub(crate) fn send_events(kube: &Kube, record: &Record) {
             "lastTimestamp": now,
             "count": 1,
         });
-        if let Err(e) = client.create_event(&r.namespace, &event) {
+        if let Err(e) = kube.cluster.create_event(&r.namespace, &event) {
             log::warn!("event AddedInterface for {}/{}: {e:#}", r.namespace, r.name);
         }
     }

@@ -6,12 +6,14 @@
 
 use anyhow::{Context, Result};
 
-use super::{Invocation, static_networks};
 use crate::delegate::check_available;
 use crate::error::{CniError, Code};
+use crate::invocation::Invocation;
+use crate::invocation::resolve::static_networks;
+use crate::k8s::Reach;
 
 /// STATUS of multihome and the delegates every pod gets.
-pub fn status(inv: &Invocation) -> Result<()> {
+pub fn status(inv: &Invocation, reach: &Reach<'_>) -> Result<()> {
     let not_available =
         |msg: String| -> anyhow::Error { CniError::new(Code::NotAvailable, msg).into() };
     if let Some(file) = &inv.conf.readiness_indicator_file {
@@ -23,7 +25,7 @@ pub fn status(inv: &Invocation) -> Result<()> {
         }
     }
     let runner = inv.runner_in("", None);
-    for (what, net) in static_networks(&inv.conf) {
+    for (what, net) in static_networks(&inv.conf, reach) {
         let net = match net {
             Ok(Some(net)) => net,
             // A NetworkAttachmentDefinition: checked by the ADDs that fetch it.

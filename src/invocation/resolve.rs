@@ -7,13 +7,13 @@ use std::collections::HashMap;
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
+use super::Invocation;
 use crate::annotations::{self, NetworkSelection};
 use crate::cni::env::validate_ifname;
 use crate::config::{NetConf, NetworkConfig, find_network_by_name, resolve_network};
 use crate::error::{Code, coded};
-use crate::flows::Invocation;
 use crate::k8s::checkpoint::Devices;
-use crate::k8s::{Access, Client, Nad, NadReply, Pod};
+use crate::k8s::{Cluster, NadReply, Pod, Reach};
 use crate::plan::{Attachment, Selection, check_namespace_isolation, plan};
 use crate::policy;
 
@@ -25,42 +25,88 @@ pub(crate) struct PodRef {
     pub(crate) uid: Option<String>,
 }
 
-/// Where a call's NetworkAttachmentDefinitions come from.
-pub(crate) enum Api {
-    /// The API server (which the call also reports to).
-    Live(Client),
-    /// NADs given by hand (`explain` offline), by namespace and name.
-    Offline(HashMap<(String, String), Nad>),
-}
-
-/// What Kubernetes says about the pod of one call.
-pub(crate) struct Kube {
-    pub(crate) api: Api,
+/// What the cluster says about the pod of one call.
+pub(crate) struct Kube<'a> {
+    /// Where its NetworkAttachmentDefinitions come from, and status and events go.
+    pub(crate) cluster: Box<dyn Cluster + 'a>,
     pub(crate) pod_ref: Option<PodRef>,
-    /// `None` when there is no pod to ask about, or the API has no such pod.
+    /// `None` when there is no pod to ask about, or the cluster has no such pod.
     pub(crate) pod: Option<Pod>,
     /// What ADD would only warn about (a pod the API does not know, ...).
     pub(crate) warnings: Vec<String>,
 }
 
-impl Kube {
-    /// The API client, when the call talks to a live API server.
-    pub(crate) fn client(&self) -> Option<&Client> {
-        match &self.api {
-            Api::Live(c) => Some(c),
-            Api::Offline(_) => None,
-        }
-    }
+/// Where one network every pod gets is configured.
+enum Configured<'a> {
+    /// An inline `delegates` entry.
+    Inline(&'a Value),
+    /// `clusterNetwork` or a `defaultNetworks` entry: a NAD name, a file, a directory or a
+    /// `confDir` name.
+    Reference {
+        reference: &'a str,
+        /// A `defaultNetworks` entry (not given to pods of `systemNamespaces`).
+        default_network: bool,
+    },
+}
 
-    fn get_nad(&self, namespace: &str, name: &str) -> Result<NadReply> {
-        match &self.api {
-            Api::Live(c) => c.get_nad(namespace, name),
-            Api::Offline(nads) => Ok(nads
-                .get(&(namespace.to_string(), name.to_string()))
-                .cloned()
-                .map_or(NadReply::Missing, NadReply::Found)),
-        }
+/// The networks every pod gets, before its annotations, in order (the cluster network first),
+/// each with the config key it is from: inline `delegates`, or `clusterNetwork` then
+/// `defaultNetworks`.
+fn configured(conf: &NetConf) -> Vec<(String, Configured<'_>)> {
+    let Some(cluster) = &conf.cluster_network else {
+        return conf
+            .delegates
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                (
+                    format!("multihome config \"delegates\"[{i}]"),
+                    Configured::Inline(d),
+                )
+            })
+            .collect();
+    };
+    fn reference<'a>(key: &str, reference: &'a str) -> (String, Configured<'a>) {
+        let configured = Configured::Reference {
+            reference,
+            default_network: key == "defaultNetworks",
+        };
+        (format!("{key} {reference:?}"), configured)
     }
+    std::iter::once(reference("clusterNetwork", cluster))
+        .chain(
+            conf.default_networks
+                .iter()
+                .map(|n| reference("defaultNetworks", n)),
+        )
+        .collect()
+}
+
+/// The networks every pod gets, as far as they are known without asking the cluster: inline
+/// `delegates`, and `clusterNetwork`/`defaultNetworks` given as a file, a directory or a
+/// `confDir` name. A plain name found nowhere in `confDir` is, when the cluster is `reach`able,
+/// a NetworkAttachmentDefinition (`Ok(None)`). Each comes with the config key it is from.
+pub(crate) fn static_networks(
+    conf: &NetConf,
+    reach: &Reach<'_>,
+) -> Vec<(String, Result<Option<NetworkConfig>>)> {
+    configured(conf)
+        .into_iter()
+        .map(|(what, source)| {
+            let net = match source {
+                Configured::Inline(d) => {
+                    NetworkConfig::from_value(d.clone(), conf.cni_version).map(Some)
+                }
+                Configured::Reference { reference, .. } => {
+                    match resolve_network(reference, &conf.conf_dir, conf.cni_version) {
+                        Err(_) if reach.configured() && !reference.contains('/') => Ok(None),
+                        other => other.map(Some),
+                    }
+                }
+            };
+            (what, net)
+        })
+        .collect()
 }
 
 impl Invocation {
@@ -73,33 +119,18 @@ impl Invocation {
         })
     }
 
-    /// The API client, when multihome is configured for Kubernetes (`kubeconfig`, or the
-    /// in-cluster environment).
-    fn client(&self) -> Result<Option<Client>> {
-        let access = match &self.conf.kubeconfig {
-            Some(path) => Access::from_kubeconfig(path)?,
-            None => match Access::in_cluster(
-                |k| std::env::var(k).ok(),
-                crate::k8s::access::SERVICE_ACCOUNT_DIR.as_ref(),
-            )? {
-                Some(a) => a,
-                None => return Ok(None),
-            },
-        };
-        Client::new(&access, self.conf.api_timeouts).map(Some)
-    }
-
-    /// Connects to the API and fetches the pod. On ADD a UID mismatch (the pod was deleted and
-    /// recreated) is an error, except for static pods whose mirror has its own UID.
-    pub(crate) fn kube(&self, adding: bool) -> Result<Option<Kube>> {
-        let Some(client) = self.client()? else {
+    /// Connects to the cluster and fetches the pod; `None` when the call has no cluster. On ADD
+    /// a UID mismatch (the pod was deleted and recreated) is an error, except for static pods
+    /// whose mirror has its own UID.
+    pub(crate) fn kube<'a>(&self, reach: &'a Reach<'_>, adding: bool) -> Result<Option<Kube<'a>>> {
+        let Some(cluster) = reach.connect()? else {
             return Ok(None);
         };
         let pod_ref = self.pod_ref();
         let mut pod = None;
         let mut warnings = Vec::new();
         if let Some(r) = &pod_ref {
-            pod = client
+            pod = cluster
                 .get_pod(&r.namespace, &r.name)
                 .with_context(|| format!("getting pod {}/{}", r.namespace, r.name))?;
             match &pod {
@@ -133,7 +164,7 @@ impl Invocation {
             }
         }
         Ok(Some(Kube {
-            api: Api::Live(client),
+            cluster,
             pod_ref,
             pod,
             warnings,
@@ -141,7 +172,7 @@ impl Invocation {
     }
 
     /// The networks of this call, cluster network first.
-    fn selections(&self, kube: Option<&Kube>) -> Result<Vec<Selection>> {
+    fn selections(&self, kube: Option<&Kube<'_>>) -> Result<Vec<Selection>> {
         let conf = &self.conf;
         let mut resolver = Resolver {
             conf,
@@ -165,34 +196,23 @@ impl Invocation {
                 .with_context(|| format!("pod annotation {}", annotations::DEFAULT_NETWORK))?;
             selections.push(resolver.element(&el)?);
         }
-        match &conf.cluster_network {
-            Some(cluster) => {
-                if selections.is_empty() {
-                    selections.push(
-                        resolver
-                            .reference(cluster)
-                            .with_context(|| format!("clusterNetwork {cluster:?}"))?,
-                    );
-                }
-                if !conf.system_namespaces.contains(&pod_namespace) {
-                    for name in &conf.default_networks {
-                        selections.push(
-                            resolver
-                                .reference(name)
-                                .with_context(|| format!("defaultNetworks {name:?}"))?,
-                        );
-                    }
-                }
+        for (i, (what, source)) in configured(conf).into_iter().enumerate() {
+            // The default-network annotation takes the cluster network's place.
+            if i == 0 && !selections.is_empty() {
+                continue;
             }
-            None => {
-                for (i, d) in conf.delegates.iter().enumerate() {
-                    if i == 0 && !selections.is_empty() {
-                        continue;
-                    }
-                    let what = format!("multihome config \"delegates\"[{i}]");
+            match source {
+                Configured::Inline(d) => {
                     let net = NetworkConfig::from_value(d.clone(), conf.cni_version)
                         .with_context(|| what.clone())?;
                     selections.push(Selection::plain(net, what));
+                }
+                Configured::Reference {
+                    default_network: true,
+                    ..
+                } if conf.system_namespaces.contains(&pod_namespace) => {}
+                Configured::Reference { reference, .. } => {
+                    selections.push(resolver.reference(reference).with_context(|| what)?);
                 }
             }
         }
@@ -209,7 +229,7 @@ impl Invocation {
         Ok(selections)
     }
 
-    pub(crate) fn plan(&self, kube: Option<&Kube>) -> Result<Vec<Attachment>> {
+    pub(crate) fn plan(&self, kube: Option<&Kube<'_>>) -> Result<Vec<Attachment>> {
         let attachments = plan(&self.env, &self.conf.runtime_config, self.selections(kube)?)?;
         for att in &attachments {
             validate_ifname(&att.ifname).with_context(|| format!("network {:?}", att.name))?;
@@ -239,7 +259,7 @@ enum NadState {
 /// Resolves network references of one call, fetching each NetworkAttachmentDefinition once.
 struct Resolver<'a> {
     conf: &'a NetConf,
-    kube: Option<&'a Kube>,
+    kube: Option<&'a Kube<'a>>,
     nads: HashMap<(String, String), NadState>,
     devices: Option<Devices>,
 }
@@ -269,7 +289,7 @@ impl Resolver<'_> {
         if let Some(hit) = self.nads.get(&key) {
             return Ok(hit.clone());
         }
-        let state = match kube.get_nad(namespace, name)? {
+        let state = match kube.cluster.get_nad(namespace, name)? {
             NadReply::Missing => NadState::Missing,
             NadReply::NotServed(m) => NadState::NotServed(m),
             NadReply::Found(nad) => {
@@ -299,7 +319,7 @@ impl Resolver<'_> {
                 // Whatever the NAD resolved to (a confDir file included) is judged by the
                 // namespace the NAD lives in: that is who could write it.
                 let rule = match &self.conf.nad_policy {
-                    Some(rules) => Some(policy::check(rules, namespace, name, &network)?),
+                    Some(rules) => Some(policy::check(rules, namespace, name, &network.plugins)?),
                     None => None,
                 };
                 let resource = nad

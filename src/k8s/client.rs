@@ -118,6 +118,15 @@ pub enum NadReply {
     NotServed(String),
 }
 
+/// How a status patch ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Patched {
+    /// The pod has it.
+    Written,
+    /// The pod no longer exists (deleted meanwhile; its DEL is coming).
+    PodGone,
+}
+
 /// The API client of one invocation.
 pub struct Client {
     http: reqwest::Client,
@@ -200,7 +209,7 @@ impl Client {
     }
 
     /// JSON-merge-patches the pod's `status` subresource (annotations live in its metadata).
-    pub fn patch_pod_status(&self, namespace: &str, name: &str, patch: &Value) -> Result<()> {
+    pub fn patch_pod_status(&self, namespace: &str, name: &str, patch: &Value) -> Result<Patched> {
         let path = format!("/api/v1/namespaces/{namespace}/pods/{name}/status");
         let body = serde_json::to_vec(patch).context("encoding patch")?;
         match self.call(
@@ -209,11 +218,11 @@ impl Client {
             Some(("application/merge-patch+json", body)),
             FULL_BUDGET,
         )? {
-            Reply::Ok(_) => Ok(()),
-            Reply::NotFound(s) => Err(coded(
-                Code::Internal,
-                format!("PATCH {path}: pod not found: {}", s.message),
-            )),
+            Reply::Ok(_) => Ok(Patched::Written),
+            Reply::NotFound(s) => {
+                log::debug!("PATCH {path}: {}", s.message);
+                Ok(Patched::PodGone)
+            }
         }
     }
 

@@ -1,11 +1,12 @@
 //! The Kubernetes API: where the server is and how to authenticate ([`access`]), a small client
-//! for the handful of calls multihome makes ([`client`]), kubelet's device allocations
-//! ([`checkpoint`]), and what multihome writes back ([`report`]).
+//! for the handful of calls multihome makes ([`client`]), the seam the flows see it through
+//! ([`cluster`]), and kubelet's device allocations ([`checkpoint`]).
 
 pub mod access;
 pub mod checkpoint;
 pub mod client;
-pub mod report;
+pub mod cluster;
 
 pub use access::Access;
-pub use client::{Client, Nad, NadReply, Pod, Timeouts};
+pub use client::{Client, Nad, NadReply, Patched, Pod, Timeouts};
+pub use cluster::{Cluster, InCluster, Offline, Reach};
