@@ -341,6 +341,16 @@ impl Cluster {
         found
     }
 
+    /// The pod's default routes, as its own `ip` lists them (busybox's lists every route
+    /// whatever the selector).
+    fn default_routes(&self, name: &str) -> Vec<String> {
+        let out = self.kubectl_ok(&["exec", name, "--", "ip", "route", "show"]);
+        out.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|l| l.starts_with("default "))
+            .collect()
+    }
+
     /// The messages of the pod's events with `reason`.
     fn events(&self, name: &str, reason: &str) -> Vec<String> {
         let out = self.kubectl_ok(&[
@@ -489,10 +499,29 @@ fn json_selection_sets_the_interface_name_and_mac() {
         "the requested address inside the pod: {ifs:?}"
     );
     assert_eq!(
+        c.default_routes("selected"),
+        ["default via 198.18.8.1 dev eth0"],
+        "default-route: [] leaves the cluster network's default route alone"
+    );
+    assert_eq!(
         status[0]["default"], true,
         "default stays on the cluster network"
     );
     c.delete("selected");
+}
+
+/// `default-route` naming a NAD's gateway: the pod's one default route goes through that
+/// network's interface instead of the cluster network's.
+#[test]
+fn a_default_route_request_moves_the_pods_default_route() {
+    let c = cluster();
+    let networks = json!([{"name": "bridge-net", "default-route": ["198.18.10.1"]}]);
+    c.start(&pod("rerouted", json!({NETWORKS: networks.to_string()})));
+    assert_eq!(
+        c.default_routes("rerouted"),
+        ["default via 198.18.10.1 dev net1"]
+    );
+    c.delete("rerouted");
 }
 
 #[test]
