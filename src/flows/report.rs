@@ -74,7 +74,8 @@ pub(crate) fn report_status(kube: &Kube<'_>, record: &Record) -> Result<()> {
     }
 }
 
-/// An `AddedInterface` event per attachment. Best effort: an event failing never fails ADD.
+/// An `AddedInterface` event per attachment, at once where the cluster can take them so. Best
+/// effort: an event failing never fails ADD.
 pub(crate) fn send_events(kube: &Kube<'_>, record: &Record) {
     let (Some(pod), Some(r)) = (&kube.pod, &kube.pod_ref) else {
         return;
@@ -83,6 +84,7 @@ pub(crate) fn send_events(kube: &Kube<'_>, record: &Record) {
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
+    let mut events = Vec::with_capacity(record.attachments.len());
     for (i, a) in record.attachments.iter().enumerate() {
         let ips: Vec<&str> = a
             .result
@@ -93,7 +95,7 @@ pub(crate) fn send_events(kube: &Kube<'_>, record: &Record) {
             .flatten()
             .filter_map(|ip| ip.get("address").and_then(Value::as_str))
             .collect();
-        let event = json!({
+        events.push(json!({
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {"name": format!("{}.{:x}", r.name, nanos + i as u128), "namespace": r.namespace},
@@ -107,8 +109,10 @@ pub(crate) fn send_events(kube: &Kube<'_>, record: &Record) {
             "firstTimestamp": now,
             "lastTimestamp": now,
             "count": 1,
-        });
-        if let Err(e) = kube.cluster.create_event(&r.namespace, &event) {
+        }));
+    }
+    for sent in kube.cluster.create_events(&r.namespace, &events) {
+        if let Err(e) = sent {
             log::warn!("event AddedInterface for {}/{}: {e:#}", r.namespace, r.name);
         }
     }

@@ -178,6 +178,7 @@ impl Invocation {
             conf,
             kube,
             nads: HashMap::new(),
+            fetched: HashMap::new(),
             devices: None,
         };
         let pod = kube.and_then(|k| k.pod.as_ref());
@@ -190,15 +191,55 @@ impl Invocation {
             .or_else(|| self.env.arg("K8S_POD_NAMESPACE").map(String::from))
             .unwrap_or_default();
 
-        let mut selections = Vec::new();
-        if let Some(text) = annotation(annotations::DEFAULT_NETWORK) {
-            let el = annotations::parse_default_network(text, &conf.multus_namespace)
-                .with_context(|| format!("pod annotation {}", annotations::DEFAULT_NETWORK))?;
-            selections.push(resolver.element(&el)?);
+        let default_network = annotation(annotations::DEFAULT_NETWORK)
+            .map(|text| {
+                annotations::parse_default_network(text, &conf.multus_namespace)
+                    .with_context(|| format!("pod annotation {}", annotations::DEFAULT_NETWORK))
+            })
+            .transpose()?;
+        // Its error, if any, is reported where it always was: after the networks before it.
+        let elements = annotation(annotations::NETWORKS).map(|text| {
+            annotations::parse_networks(text, &pod_namespace)
+                .with_context(|| format!("pod annotation {}", annotations::NETWORKS))
+        });
+        let configured = configured(conf);
+        let isolated = |el: &NetworkSelection| {
+            !conf.namespace_isolation
+                || check_namespace_isolation(&pod_namespace, el, &conf.global_namespaces).is_ok()
+        };
+
+        // Every NAD the walk below asks for, fetched at once (where the cluster can) before it
+        // walks: nothing the walk would not ask for, so no request a denial would have saved.
+        let mut wanted: Vec<(String, String)> = Vec::new();
+        let key = |el: &NetworkSelection| (el.namespace.clone(), el.name.clone());
+        wanted.extend(default_network.as_ref().map(key));
+        for (i, (_, source)) in configured.iter().enumerate() {
+            let Configured::Reference {
+                reference,
+                default_network: for_every_pod,
+            } = source
+            else {
+                continue;
+            };
+            let replaced = i == 0 && default_network.is_some();
+            let skipped = *for_every_pod && conf.system_namespaces.contains(&pod_namespace);
+            // A path is a file; a plain name may be a NAD in multusNamespace.
+            if !replaced && !skipped && !reference.contains('/') {
+                wanted.push((conf.multus_namespace.clone(), reference.to_string()));
+            }
         }
-        for (i, (what, source)) in configured(conf).into_iter().enumerate() {
+        if let Some(Ok(elements)) = &elements {
+            wanted.extend(elements.iter().filter(|el| isolated(el)).map(key));
+        }
+        resolver.prefetch(wanted);
+
+        let mut selections = Vec::new();
+        if let Some(el) = &default_network {
+            selections.push(resolver.element(el)?);
+        }
+        for (i, (what, source)) in configured.into_iter().enumerate() {
             // The default-network annotation takes the cluster network's place.
-            if i == 0 && !selections.is_empty() {
+            if i == 0 && default_network.is_some() {
                 continue;
             }
             match source {
@@ -216,10 +257,8 @@ impl Invocation {
                 }
             }
         }
-        if let Some(text) = annotation(annotations::NETWORKS) {
-            let elements = annotations::parse_networks(text, &pod_namespace)
-                .with_context(|| format!("pod annotation {}", annotations::NETWORKS))?;
-            for el in &elements {
+        if let Some(elements) = elements {
+            for el in &elements? {
                 if conf.namespace_isolation {
                     check_namespace_isolation(&pod_namespace, el, &conf.global_namespaces)?;
                 }
@@ -261,10 +300,27 @@ struct Resolver<'a> {
     conf: &'a NetConf,
     kube: Option<&'a Kube<'a>>,
     nads: HashMap<(String, String), NadState>,
+    /// The cluster's answers fetched ahead of the walk, taken as the walk reaches each.
+    fetched: HashMap<(String, String), Result<NadReply>>,
     devices: Option<Devices>,
 }
 
 impl Resolver<'_> {
+    /// Asks the cluster for the NADs `wanted` (each once) in one go.
+    fn prefetch(&mut self, mut wanted: Vec<(String, String)>) {
+        let Some(kube) = self.kube else {
+            return;
+        };
+        let mut seen = std::collections::HashSet::new();
+        wanted.retain(|k| seen.insert(k.clone()));
+        if wanted.len() < 2 {
+            // Nothing to overlap: the walk asks for it itself.
+            return;
+        }
+        let replies = kube.cluster.get_nads(&wanted);
+        self.fetched = wanted.into_iter().zip(replies).collect();
+    }
+
     /// A NAD as a network config plus its `resourceName`; `None` when it does not exist. The
     /// NAD resource type not being served (no CRD, or not Established yet) is an error to retry.
     fn nad(&mut self, namespace: &str, name: &str) -> Result<Option<ResolvedNad>> {
@@ -289,7 +345,11 @@ impl Resolver<'_> {
         if let Some(hit) = self.nads.get(&key) {
             return Ok(hit.clone());
         }
-        let state = match kube.cluster.get_nad(namespace, name)? {
+        let reply = match self.fetched.remove(&key) {
+            Some(reply) => reply,
+            None => kube.cluster.get_nad(namespace, name),
+        };
+        let state = match reply? {
             NadReply::Missing => NadState::Missing,
             NadReply::NotServed(m) => NadState::NotServed(m),
             NadReply::Found(nad) => {
@@ -423,4 +483,158 @@ fn device_info(dir: &std::path::Path, resource: &str, id: &str) -> Option<Value>
     serde_json::from_slice(&bytes)
         .map_err(|e| log::warn!("ignoring device-info {}: {e}", file.display()))
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::cni::env::{CniEnv, Command};
+    use crate::k8s::client::{NadSpec, ObjectMeta};
+    use crate::k8s::{Nad, Patched};
+
+    /// NADs in memory; records every request.
+    #[derive(Default)]
+    struct Recorder {
+        nads: Vec<Nad>,
+        asked: RefCell<Vec<String>>,
+    }
+
+    impl Cluster for Recorder {
+        fn get_pod(&self, _: &str, _: &str) -> Result<Option<Pod>> {
+            unreachable!("the pod is given")
+        }
+        fn get_nad(&self, namespace: &str, name: &str) -> Result<NadReply> {
+            self.asked
+                .borrow_mut()
+                .push(format!("GET {namespace}/{name}"));
+            Ok(self
+                .nads
+                .iter()
+                .find(|n| n.metadata.namespace == namespace && n.metadata.name == name)
+                .cloned()
+                .map_or(NadReply::Missing, NadReply::Found))
+        }
+        fn get_nads(&self, keys: &[(String, String)]) -> Vec<Result<NadReply>> {
+            let keys: Vec<String> = keys.iter().map(|(ns, n)| format!("{ns}/{n}")).collect();
+            self.asked
+                .borrow_mut()
+                .push(format!("GET at once {}", keys.join(" ")));
+            let quiet = Recorder {
+                nads: self.nads.clone(),
+                ..Recorder::default()
+            };
+            keys.iter()
+                .map(|k| {
+                    let (ns, n) = k.split_once('/').unwrap();
+                    quiet.get_nad(ns, n)
+                })
+                .collect()
+        }
+        fn patch_pod_status(&self, _: &str, _: &str, _: &Value) -> Result<Patched> {
+            unreachable!("planning writes nothing")
+        }
+        fn create_event(&self, _: &str, _: &Value) -> Result<()> {
+            unreachable!("planning writes nothing")
+        }
+    }
+
+    fn nad(namespace: &str, name: &str) -> Nad {
+        Nad {
+            metadata: ObjectMeta {
+                namespace: namespace.into(),
+                name: name.into(),
+                ..ObjectMeta::default()
+            },
+            spec: NadSpec {
+                config: json!({"cniVersion": "1.0.0", "type": "bridge"}).to_string(),
+            },
+        }
+    }
+
+    fn plan_for(conf: Value, networks: &str, cluster: &Recorder) -> Result<Vec<Attachment>> {
+        let inv = Invocation {
+            env: CniEnv {
+                command: Command::Add,
+                container_id: "c".into(),
+                netns: None,
+                ifname: "eth0".into(),
+                args: vec![],
+                path: vec![],
+            },
+            conf: NetConf::parse(conf.to_string().as_bytes()).unwrap(),
+        };
+        let pod = Pod {
+            metadata: ObjectMeta {
+                namespace: "tenant".into(),
+                name: "p".into(),
+                annotations: BTreeMap::from([(annotations::NETWORKS.into(), networks.into())]),
+                ..ObjectMeta::default()
+            },
+        };
+        let kube = Kube {
+            cluster: Box::new(cluster),
+            pod_ref: None,
+            pod: Some(pod),
+            warnings: vec![],
+        };
+        inv.plan(Some(&kube))
+    }
+
+    fn conf() -> Value {
+        json!({"cniVersion": "1.0.0", "name": "mh", "clusterNetwork": "primary",
+               "multusNamespace": "kube-system"})
+    }
+
+    #[test]
+    fn the_nads_of_a_call_are_asked_for_at_once_each_once_in_order() {
+        let cluster = Recorder {
+            nads: vec![
+                nad("kube-system", "primary"),
+                nad("tenant", "a"),
+                nad("infra", "b"),
+            ],
+            ..Recorder::default()
+        };
+        let planned = plan_for(conf(), "a, infra/b, a@second", &cluster).unwrap();
+        let names: Vec<&str> = planned.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["kube-system/primary", "tenant/a", "infra/b", "tenant/a"]
+        );
+        assert_eq!(
+            *cluster.asked.borrow(),
+            ["GET at once kube-system/primary tenant/a infra/b"]
+        );
+    }
+
+    #[test]
+    fn a_nad_the_isolation_denies_is_never_asked_for_and_errors_keep_their_order() {
+        let cluster = Recorder {
+            nads: vec![nad("kube-system", "primary"), nad("tenant", "a")],
+            ..Recorder::default()
+        };
+        let mut isolated = conf();
+        isolated["namespaceIsolation"] = json!(true);
+        let e = plan_for(isolated, "a, infra/b", &cluster).unwrap_err();
+        assert!(format!("{e:#}").contains("infra"), "{e:#}");
+        assert_eq!(
+            *cluster.asked.borrow(),
+            ["GET at once kube-system/primary tenant/a"]
+        );
+
+        // A NAD that does not exist, then a bad annotation: the same errors as one at a time.
+        let missing = plan_for(conf(), "absent", &cluster).unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("tenant/absent not found"),
+            "{missing:#}"
+        );
+        let bad = plan_for(conf(), "[{\"name\": ", &cluster).unwrap_err();
+        assert!(
+            format!("{bad:#}").contains(annotations::NETWORKS),
+            "{bad:#}"
+        );
+    }
 }

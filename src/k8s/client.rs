@@ -1,13 +1,15 @@
 //! A minimal Kubernetes API client for the calls multihome makes: get a pod, get a
 //! NetworkAttachmentDefinition, merge-patch the pod's status annotations, create an event.
 //!
-//! One HTTPS connection per invocation (one TLS handshake), explicit connect and request
-//! timeouts, and a bounded retry budget for transient failures (connection errors, 5xx, 429 with
+//! One HTTPS connection per invocation (one TLS handshake): HTTP/2 where the server offers it,
+//! so that requests that do not depend on each other (the NAD GETs, the events) go at once;
+//! otherwise HTTP/1.1, one request after the other. Explicit connect and request timeouts, and a bounded retry budget for transient failures (connection errors, 5xx, 429 with
 //! `Retry-After`). API errors are reported with the Kubernetes `Status` message. The async HTTP
 //! stack runs on a current-thread runtime private to this module; callers see blocking calls.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -134,6 +136,9 @@ pub struct Client {
     server: String,
     token: Option<String>,
     timeouts: Timeouts,
+    /// The server answered over HTTP/2 (negotiated by ALPN): requests that do not depend on
+    /// each other can share the one connection at once.
+    multiplexed: AtomicBool,
 }
 
 impl std::fmt::Debug for Client {
@@ -182,6 +187,7 @@ impl Client {
             server,
             token: access.token.clone(),
             timeouts,
+            multiplexed: AtomicBool::new(false),
         })
     }
 
@@ -196,10 +202,31 @@ impl Client {
 
     /// `GET` a NetworkAttachmentDefinition.
     pub fn get_nad(&self, namespace: &str, name: &str) -> Result<NadReply> {
+        self.runtime.block_on(self.nad(namespace, name))
+    }
+
+    /// `GET`s NetworkAttachmentDefinitions, `(namespace, name)`, answered in order: at once
+    /// over a connection that multiplexes (HTTP/2), else one after the other (a second
+    /// HTTP/1.1 request in flight would cost a second TLS handshake).
+    pub fn get_nads(&self, keys: &[(String, String)]) -> Vec<Result<NadReply>> {
+        if self.multiplexed.load(Ordering::Relaxed) {
+            let each = keys.iter().map(|(ns, name)| self.nad(ns, name));
+            self.runtime.block_on(futures_util::future::join_all(each))
+        } else {
+            keys.iter()
+                .map(|(ns, name)| self.get_nad(ns, name))
+                .collect()
+        }
+    }
+
+    async fn nad(&self, namespace: &str, name: &str) -> Result<NadReply> {
         let path = format!(
             "/apis/k8s.cni.cncf.io/v1/namespaces/{namespace}/network-attachment-definitions/{name}"
         );
-        match self.call(Method::GET, &path, None, FULL_BUDGET)? {
+        match self
+            .call_async(Method::GET, &path, None, FULL_BUDGET)
+            .await?
+        {
             Reply::Ok(body) => Ok(NadReply::Found(decode(&body, &path)?)),
             // A missing object's 404 names it; a 404 for the resource type (no CRD, or one not
             // Established yet) does not.
@@ -229,9 +256,30 @@ impl Client {
     /// Creates an event in `namespace`, in one attempt: events are best effort, and retrying one
     /// would only delay the pod.
     pub fn create_event(&self, namespace: &str, event: &Value) -> Result<()> {
+        self.runtime.block_on(self.event(namespace, event))
+    }
+
+    /// Creates events in `namespace`, as [`Client::get_nads`] makes its requests: at once over
+    /// HTTP/2, else one after the other.
+    pub fn create_events(&self, namespace: &str, events: &[Value]) -> Vec<Result<()>> {
+        if self.multiplexed.load(Ordering::Relaxed) {
+            let each = events.iter().map(|e| self.event(namespace, e));
+            self.runtime.block_on(futures_util::future::join_all(each))
+        } else {
+            events
+                .iter()
+                .map(|e| self.create_event(namespace, e))
+                .collect()
+        }
+    }
+
+    async fn event(&self, namespace: &str, event: &Value) -> Result<()> {
         let path = format!("/api/v1/namespaces/{namespace}/events");
         let body = serde_json::to_vec(event).context("encoding event")?;
-        match self.call(Method::POST, &path, Some(("application/json", body)), 1)? {
+        match self
+            .call_async(Method::POST, &path, Some(("application/json", body)), 1)
+            .await?
+        {
             Reply::Ok(_) => Ok(()),
             Reply::NotFound(s) => Err(coded(Code::Internal, format!("POST {path}: {}", s.message))),
         }
@@ -239,6 +287,17 @@ impl Client {
 
     /// One API call, retried within the budget (`attempts` caps it further).
     fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+        attempts: u32,
+    ) -> Result<Reply> {
+        self.runtime
+            .block_on(self.call_async(method, path, body, attempts))
+    }
+
+    async fn call_async(
         &self,
         method: Method,
         path: &str,
@@ -262,8 +321,11 @@ impl Client {
                     .header("Content-Type", *content_type)
                     .body(bytes.clone());
             }
-            let outcome = self.runtime.block_on(async {
+            let outcome = async {
                 let resp = req.send().await?;
+                if resp.version() == reqwest::Version::HTTP_2 {
+                    self.multiplexed.store(true, Ordering::Relaxed);
+                }
                 let status = resp.status();
                 let retry_after = resp
                     .headers()
@@ -272,7 +334,8 @@ impl Client {
                     .and_then(|v| v.trim().parse::<u64>().ok());
                 let bytes = resp.bytes().await?;
                 Ok::<_, reqwest::Error>((status, retry_after, bytes.to_vec()))
-            });
+            }
+            .await;
             let (retry, wait, err) = match outcome {
                 Ok((status, _, bytes)) if status.is_success() => return Ok(Reply::Ok(bytes)),
                 Ok((StatusCode::NOT_FOUND, _, bytes)) => {
@@ -307,7 +370,7 @@ impl Client {
                 return Err(err);
             }
             log::info!("retrying {method} {path} in {backoff:?}: {err:#}");
-            std::thread::sleep(backoff);
+            tokio::time::sleep(backoff).await;
         }
     }
 }
@@ -418,7 +481,7 @@ fn tls_config(access: &Access) -> Result<rustls::ClientConfig> {
             .dangerous()
             .with_custom_certificate_verifier(server_verifier(ca, provider)?)
     };
-    match (&access.client_cert_pem, &access.client_key_pem) {
+    let mut config = match (&access.client_cert_pem, &access.client_key_pem) {
         (Some(cert), Some(key)) => {
             let certs = CertificateDer::pem_slice_iter(cert)
                 .collect::<std::result::Result<Vec<_>, _>>()
@@ -447,7 +510,11 @@ fn tls_config(access: &Access) -> Result<rustls::ClientConfig> {
             Code::InvalidConfig,
             "client-certificate and client-key must be given together",
         )),
-    }
+    }?;
+    // HTTP/2 when the server offers it (kube-apiserver does), so that the requests of one call
+    // that do not depend on each other share the one connection at once.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// The verifier of the API server's certificate: chains to the kubeconfig's CA certificates, or

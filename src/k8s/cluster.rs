@@ -26,6 +26,23 @@ pub trait Cluster {
     fn patch_pod_status(&self, namespace: &str, name: &str, patch: &Value) -> Result<Patched>;
     /// Creates an event in `namespace`.
     fn create_event(&self, namespace: &str, event: &Value) -> Result<()>;
+
+    /// NetworkAttachmentDefinitions, `(namespace, name)`, answered in order; a cluster that can
+    /// ask for them at once does.
+    fn get_nads(&self, keys: &[(String, String)]) -> Vec<Result<NadReply>> {
+        keys.iter()
+            .map(|(namespace, name)| self.get_nad(namespace, name))
+            .collect()
+    }
+
+    /// Creates events in `namespace`, answered in order; a cluster that can send them at once
+    /// does.
+    fn create_events(&self, namespace: &str, events: &[Value]) -> Vec<Result<()>> {
+        events
+            .iter()
+            .map(|e| self.create_event(namespace, e))
+            .collect()
+    }
 }
 
 impl<T: Cluster + ?Sized> Cluster for &T {
@@ -41,6 +58,12 @@ impl<T: Cluster + ?Sized> Cluster for &T {
     fn create_event(&self, namespace: &str, event: &Value) -> Result<()> {
         (**self).create_event(namespace, event)
     }
+    fn get_nads(&self, keys: &[(String, String)]) -> Vec<Result<NadReply>> {
+        (**self).get_nads(keys)
+    }
+    fn create_events(&self, namespace: &str, events: &[Value]) -> Vec<Result<()>> {
+        (**self).create_events(namespace, events)
+    }
 }
 
 impl Cluster for Client {
@@ -55,6 +78,12 @@ impl Cluster for Client {
     }
     fn create_event(&self, namespace: &str, event: &Value) -> Result<()> {
         Client::create_event(self, namespace, event)
+    }
+    fn get_nads(&self, keys: &[(String, String)]) -> Vec<Result<NadReply>> {
+        Client::get_nads(self, keys)
+    }
+    fn create_events(&self, namespace: &str, events: &[Value]) -> Vec<Result<()>> {
+        Client::create_events(self, namespace, events)
     }
 }
 
