@@ -82,8 +82,9 @@ fn any(patterns: &[String], text: &str) -> bool {
     patterns.iter().any(|p| glob(p, text))
 }
 
-/// Judges the NAD `namespace/name` resolved to a network of `plugins`: the first rule whose `namespaces`
-/// match decides; none matching is a denial. Returns the index of the admitting rule.
+/// Judges the NAD `namespace/name` resolved to a network of `plugins`: the first rule whose
+/// `namespaces` match decides; none matching is a denial. Returns the index of the admitting
+/// rule.
 pub fn check(rules: &[Rule], namespace: &str, name: &str, plugins: &[Value]) -> Result<usize> {
     let nad = format!("NetworkAttachmentDefinition {namespace}/{name}");
     let Some((index, rule)) = rules

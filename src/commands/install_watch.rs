@@ -1,9 +1,9 @@
 //! `multihome install` after the first install: watch the primary config's directory and the
 //! service account's (inotify, through nix) and let the installer rewrite what changed, until
 //! SIGTERM or SIGINT. What to do on a change is the caller's: this module knows directories,
-//! events and signals only. kubelet rotates a projected service-account token by swapping the `..data` symlink
-//! of that directory, so a watch on the token file itself would never fire: the directory is
-//! watched.
+//! events and signals only. kubelet rotates a projected service-account token by swapping the
+//! `..data` symlink of that directory, so a watch on the token file itself would never fire:
+//! the directory is watched.
 
 use std::path::Path;
 use std::sync::mpsc;

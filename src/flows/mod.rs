@@ -1,7 +1,6 @@
 //! The CNI operations as a library the one-shot binary (and later a node daemon) calls: one
 //! module per operation, each given the [`Invocation`](crate::invocation::Invocation) and how to
-//! reach the cluster
-//! ([`Reach`](crate::k8s::Reach)) by its entry point.
+//! reach the cluster ([`Reach`](crate::k8s::Reach)) by its entry point.
 //!
 //! ADD validates everything before the first delegate runs, records the plan durably, adds in
 //! order, reports to Kubernetes, and rolls back on any failure. DEL works from the record, in

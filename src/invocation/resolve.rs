@@ -45,7 +45,7 @@ enum Configured<'a> {
     Reference {
         reference: &'a str,
         /// A `defaultNetworks` entry (not given to pods of `systemNamespaces`).
-        default_network: bool,
+        in_default_networks: bool,
     },
 }
 
@@ -69,7 +69,7 @@ fn configured(conf: &NetConf) -> Vec<(String, Configured<'_>)> {
     fn reference<'a>(key: &str, reference: &'a str) -> (String, Configured<'a>) {
         let configured = Configured::Reference {
             reference,
-            default_network: key == "defaultNetworks",
+            in_default_networks: key == "defaultNetworks",
         };
         (format!("{key} {reference:?}"), configured)
     }
@@ -202,7 +202,22 @@ impl Invocation {
             annotations::parse_networks(text, &pod_namespace)
                 .with_context(|| format!("pod annotation {}", annotations::NETWORKS))
         });
-        let configured = configured(conf);
+        // The networks every pod gets, as this pod gets them: the default-network annotation
+        // takes the cluster network's place, and pods of systemNamespaces get no
+        // defaultNetworks.
+        let configured: Vec<(String, Configured<'_>)> = configured(conf)
+            .into_iter()
+            .enumerate()
+            .filter(|(i, (_, source))| match source {
+                _ if *i == 0 => default_network.is_none(),
+                Configured::Reference {
+                    in_default_networks: true,
+                    ..
+                } => !conf.system_namespaces.contains(&pod_namespace),
+                _ => true,
+            })
+            .map(|(_, c)| c)
+            .collect();
         let isolated = |el: &NetworkSelection| {
             !conf.namespace_isolation
                 || check_namespace_isolation(&pod_namespace, el, &conf.global_namespaces).is_ok()
@@ -213,19 +228,12 @@ impl Invocation {
         let mut wanted: Vec<(String, String)> = Vec::new();
         let key = |el: &NetworkSelection| (el.namespace.clone(), el.name.clone());
         wanted.extend(default_network.as_ref().map(key));
-        for (i, (_, source)) in configured.iter().enumerate() {
-            let Configured::Reference {
-                reference,
-                default_network: for_every_pod,
-            } = source
-            else {
-                continue;
-            };
-            let replaced = i == 0 && default_network.is_some();
-            let skipped = *for_every_pod && conf.system_namespaces.contains(&pod_namespace);
+        for (_, source) in &configured {
             // A path is a file; a plain name may be a NAD in multusNamespace.
-            if !replaced && !skipped && !reference.contains('/') {
-                wanted.push((conf.multus_namespace.clone(), reference.to_string()));
+            if let Configured::Reference { reference, .. } = source {
+                if !reference.contains('/') {
+                    wanted.push((conf.multus_namespace.clone(), reference.to_string()));
+                }
             }
         }
         if let Some(Ok(elements)) = &elements {
@@ -237,25 +245,17 @@ impl Invocation {
         if let Some(el) = &default_network {
             selections.push(resolver.element(el)?);
         }
-        for (i, (what, source)) in configured.into_iter().enumerate() {
-            // The default-network annotation takes the cluster network's place.
-            if i == 0 && default_network.is_some() {
-                continue;
-            }
-            match source {
+        for (what, source) in configured {
+            selections.push(match source {
                 Configured::Inline(d) => {
                     let net = NetworkConfig::from_value(d.clone(), conf.cni_version)
                         .with_context(|| what.clone())?;
-                    selections.push(Selection::plain(net, what));
+                    Selection::plain(net, what)
                 }
-                Configured::Reference {
-                    default_network: true,
-                    ..
-                } if conf.system_namespaces.contains(&pod_namespace) => {}
                 Configured::Reference { reference, .. } => {
-                    selections.push(resolver.reference(reference).with_context(|| what)?);
+                    resolver.reference(reference).with_context(|| what)?
                 }
-            }
+            });
         }
         if let Some(elements) = elements {
             for el in &elements? {

@@ -3,7 +3,8 @@
 //!
 //! One HTTPS connection per invocation (one TLS handshake): HTTP/2 where the server offers it,
 //! so that requests that do not depend on each other (the NAD GETs, the events) go at once;
-//! otherwise HTTP/1.1, one request after the other. Explicit connect and request timeouts, and a bounded retry budget for transient failures (connection errors, 5xx, 429 with
+//! otherwise HTTP/1.1, one request after the other. Explicit connect and request timeouts, and
+//! a bounded retry budget for transient failures (connection errors, 5xx, 429 with
 //! `Retry-After`). API errors are reported with the Kubernetes `Status` message. The async HTTP
 //! stack runs on a current-thread runtime private to this module; callers see blocking calls.
 
@@ -205,18 +206,10 @@ impl Client {
         self.runtime.block_on(self.nad(namespace, name))
     }
 
-    /// `GET`s NetworkAttachmentDefinitions, `(namespace, name)`, answered in order: at once
-    /// over a connection that multiplexes (HTTP/2), else one after the other (a second
-    /// HTTP/1.1 request in flight would cost a second TLS handshake).
+    /// `GET`s NetworkAttachmentDefinitions, `(namespace, name)`, answered in order (see
+    /// [`Client::all`]).
     pub fn get_nads(&self, keys: &[(String, String)]) -> Vec<Result<NadReply>> {
-        if self.multiplexed.load(Ordering::Relaxed) {
-            let each = keys.iter().map(|(ns, name)| self.nad(ns, name));
-            self.runtime.block_on(futures_util::future::join_all(each))
-        } else {
-            keys.iter()
-                .map(|(ns, name)| self.get_nad(ns, name))
-                .collect()
-        }
+        self.all(keys.iter().map(|(ns, name)| self.nad(ns, name)))
     }
 
     async fn nad(&self, namespace: &str, name: &str) -> Result<NadReply> {
@@ -259,17 +252,22 @@ impl Client {
         self.runtime.block_on(self.event(namespace, event))
     }
 
-    /// Creates events in `namespace`, as [`Client::get_nads`] makes its requests: at once over
-    /// HTTP/2, else one after the other.
+    /// Creates events in `namespace`, answered in order (see [`Client::all`]).
     pub fn create_events(&self, namespace: &str, events: &[Value]) -> Vec<Result<()>> {
+        self.all(events.iter().map(|e| self.event(namespace, e)))
+    }
+
+    /// Runs `calls`, requests that do not depend on each other, answered in order: at once over
+    /// a connection that multiplexes (HTTP/2), else one after the other (a second HTTP/1.1
+    /// request in flight would cost a second TLS handshake).
+    fn all<T, F: Future<Output = Result<T>>>(
+        &self,
+        calls: impl Iterator<Item = F>,
+    ) -> Vec<Result<T>> {
         if self.multiplexed.load(Ordering::Relaxed) {
-            let each = events.iter().map(|e| self.event(namespace, e));
-            self.runtime.block_on(futures_util::future::join_all(each))
+            self.runtime.block_on(futures_util::future::join_all(calls))
         } else {
-            events
-                .iter()
-                .map(|e| self.create_event(namespace, e))
-                .collect()
+            calls.map(|call| self.runtime.block_on(call)).collect()
         }
     }
 

@@ -33,8 +33,16 @@ struct Cluster {
     bridge_alone: Series,
 }
 
+/// The API server, in the node's network namespace.
+const API_SERVER: &str = "https://198.18.250.1:6443";
+
 /// Pods per latency series.
 const SAMPLES: usize = 5;
+
+/// A timestamp of an audit log entry.
+fn at(entry: &Value, key: &str) -> SystemTime {
+    humantime::parse_rfc3339(entry[key].as_str().unwrap()).expect("an audit timestamp")
+}
 
 /// One request, as the API server's audit log has it.
 #[derive(Debug)]
@@ -224,20 +232,36 @@ impl Cluster {
         answered.duration_since(asked).unwrap()
     }
 
+    /// Every request the API server answered, as its audit log has it.
+    fn audited(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.audit).unwrap();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["stage"] == "ResponseComplete")
+            .collect()
+    }
+
+    /// Waits until the DaemonSet's rollout is complete.
+    fn rolled_out(&self) {
+        self.kubectl_ok(&[
+            "-n",
+            "kube-system",
+            "rollout",
+            "status",
+            "daemonset/multihome",
+            "--timeout=120s",
+        ]);
+    }
+
     /// From the API server's audit log, to the microsecond (polling through kubectl could not
     /// tell 30 ms apart): from the pod's creation to the last status kubelet wrote for it before
     /// `seen`, the moment it was seen Running (a sleeping pod's status then stays as it is).
     fn created_to_running(&self, name: &str, seen: SystemTime) -> Duration {
-        let text = std::fs::read_to_string(&self.audit).unwrap();
-        let at = |e: &Value, key: &str| {
-            humantime::parse_rfc3339(e[key].as_str().unwrap()).expect("an audit timestamp")
-        };
         let mut created = None;
         let mut running = None;
-        for e in text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|e| e["stage"] == "ResponseComplete")
+        for e in self
+            .audited()
+            .into_iter()
             .filter(|e| e["objectRef"]["resource"] == "pods" && e["objectRef"]["name"] == name)
         {
             if e["verb"] == "create" {
@@ -261,14 +285,10 @@ impl Cluster {
     fn requests_about(&self, user: &str, names: &[&str], since: SystemTime) -> Vec<Request> {
         // RFC 3339 in UTC with microseconds, as the audit log writes it: compared as text.
         let since = humantime::format_rfc3339_micros(since).to_string();
-        let at = |e: &Value, key: &str| {
-            humantime::parse_rfc3339(e[key].as_str().unwrap()).expect("an audit timestamp")
-        };
-        let text = std::fs::read_to_string(&self.audit).unwrap();
-        let mut found: Vec<Request> = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|e| e["stage"] == "ResponseComplete" && e["user"]["username"] == user)
+        let mut found: Vec<Request> = self
+            .audited()
+            .into_iter()
+            .filter(|e| e["user"]["username"] == user)
             .filter(|e| e["requestReceivedTimestamp"].as_str() >= Some(since.as_str()))
             .filter(|e| {
                 let object = e["objectRef"]["name"].as_str().unwrap_or_default();
@@ -868,13 +888,7 @@ fn the_api_stand_in_answers_as_the_real_server_does() {
     let real_ca = work.join("pki/ca.crt");
     let real = |token: &str, (method, path, content_type, body): &(&str, String, &str, String)| {
         let request = (*method, path.as_str(), *content_type, body.as_str());
-        call(
-            &c.netns,
-            "https://198.18.250.1:6443",
-            &real_ca,
-            token,
-            request,
-        )
+        call(&c.netns, API_SERVER, &real_ca, token, request)
     };
     let ours = |token: &str, (method, path, content_type, body): &(&str, String, &str, String)| {
         let request = (*method, path.as_str(), *content_type, body.as_str());
@@ -1065,24 +1079,6 @@ fn rolling_the_daemonset_to_a_new_image_while_pods_come_and_go() {
     let installed = c.node.join("opt/cni/bin/multihome");
     let next = std::fs::read(c.work.join("images/next/multihome")).unwrap();
     let rolled = AtomicBool::new(false);
-    let roll = |image: &str| {
-        c.kubectl_ok(&[
-            "-n",
-            "kube-system",
-            "set",
-            "image",
-            "daemonset/multihome",
-            &format!("install={image}"),
-        ]);
-        c.kubectl_ok(&[
-            "-n",
-            "kube-system",
-            "rollout",
-            "status",
-            "daemonset/multihome",
-            "--timeout=120s",
-        ]);
-    };
     let released = std::thread::scope(|s| {
         let churn = s.spawn(|| {
             let mut ips = Vec::new();
@@ -1105,7 +1101,15 @@ fn rolling_the_daemonset_to_a_new_image_while_pods_come_and_go() {
             ips
         });
         std::thread::sleep(Duration::from_secs(2));
-        roll("localhost/multihome:next");
+        c.kubectl_ok(&[
+            "-n",
+            "kube-system",
+            "set",
+            "image",
+            "daemonset/multihome",
+            "install=localhost/multihome:next",
+        ]);
+        c.rolled_out();
         c.wait_until("the node runs the new binary", || {
             std::fs::read(&installed).is_ok_and(|b| b == next)
         });
@@ -1119,14 +1123,7 @@ fn rolling_the_daemonset_to_a_new_image_while_pods_come_and_go() {
         });
     }
     c.kubectl_ok(&["apply", "-f", "conf/multihome-daemonset.yml"]);
-    c.kubectl_ok(&[
-        "-n",
-        "kube-system",
-        "rollout",
-        "status",
-        "daemonset/multihome",
-        "--timeout=120s",
-    ]);
+    c.rolled_out();
     c.wait_until("the node runs the manifest's binary again", || {
         std::fs::read(&installed).is_ok_and(|b| b != next)
     });
@@ -1182,7 +1179,7 @@ fn a_rotated_token_is_followed_and_pods_keep_starting() {
     c.wait_until("the API server refuses the old token", || {
         let (code, _) = call(
             &c.netns,
-            "https://198.18.250.1:6443",
+            API_SERVER,
             &c.work.join("pki/ca.crt"),
             old.trim(),
             ("GET", "/api/v1/namespaces/default/pods/rotating", "", ""),
