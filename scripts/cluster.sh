@@ -6,8 +6,12 @@
 #   scripts/cluster.sh up       start it (binaries built once, then cached), with multihome's
 #                               image (built from the tree) imported into the node
 #   scripts/cluster.sh install  install multihome: kubectl apply -f conf/multihome-daemonset.yml
+#   scripts/cluster.sh images   rebuild multihome's images from the tree and import them into the
+#                               running node (then delete the DaemonSet's pod to run them)
 #   scripts/cluster.sh restart-kubelet
 #                               stop kubelet and start it again, pods running
+#   scripts/cluster.sh restart-apiserver
+#                               stop kube-apiserver and start it again (watches break)
 #   scripts/cluster.sh down     stop everything it started and remove what it made
 #   scripts/cluster.sh env      the variables to talk to it (KUBECONFIG, the node's netns)
 #   scripts/cluster.sh node CMD run CMD inside the node (its network and mount namespaces)
@@ -185,6 +189,34 @@ start_kubelet() {
         --eviction-hard= --anonymous-auth=true --authorization-mode=AlwaysAllow
 }
 
+# Starts kube-apiserver from the binaries in $1.
+start_apiserver() {
+    start apiserver ip netns exec "$(netns)" "$1/kube-apiserver" \
+        --etcd-servers=http://127.0.0.1:2379 --advertise-address="$node_ip" --secure-port=6443 \
+        --service-cluster-ip-range="$service_range" --allow-privileged=true \
+        --tls-cert-file="$work/pki/apiserver.crt" --tls-private-key-file="$work/pki/apiserver.key" \
+        --client-ca-file="$work/pki/ca.crt" --token-auth-file="$work/pki/tokens.csv" \
+        --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+        --service-account-issuer=https://kubernetes.default.svc \
+        --service-account-key-file="$work/pki/sa.pub" \
+        --service-account-signing-key-file="$work/pki/sa.key" \
+        --api-audiences=https://kubernetes.default.svc \
+        --kubelet-preferred-address-types=InternalIP,Hostname \
+        --audit-policy-file="$work/audit-policy.yaml" --audit-log-path="$work/audit.log"
+}
+
+# Stops kube-apiserver (by its PID) and starts it again: every watch breaks, and a watch resumed
+# from before may find its resourceVersion too old.
+restart_apiserver() {
+    local pid
+    pid=$(pid_of apiserver)
+    kill "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+    start_apiserver "$(scripts/k8s-build.sh)"
+    KUBECONFIG=$work/admin.kubeconfig wait_for 60 ip netns exec "$(netns)" kubectl get --raw /readyz
+    log "API server restarted"
+}
+
 # Stops kubelet (by its PID) and starts it again; the pods keep running meanwhile.
 restart_kubelet() {
     local pid
@@ -241,18 +273,7 @@ EOF
     start etcd ip netns exec "$ns" etcd --data-dir "$work/etcd" \
         --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
         --listen-peer-urls http://127.0.0.1:2380
-    start apiserver ip netns exec "$ns" "$bins/kube-apiserver" \
-        --etcd-servers=http://127.0.0.1:2379 --advertise-address="$node_ip" --secure-port=6443 \
-        --service-cluster-ip-range="$service_range" --allow-privileged=true \
-        --tls-cert-file="$work/pki/apiserver.crt" --tls-private-key-file="$work/pki/apiserver.key" \
-        --client-ca-file="$work/pki/ca.crt" --token-auth-file="$work/pki/tokens.csv" \
-        --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
-        --service-account-issuer=https://kubernetes.default.svc \
-        --service-account-key-file="$work/pki/sa.pub" \
-        --service-account-signing-key-file="$work/pki/sa.key" \
-        --api-audiences=https://kubernetes.default.svc \
-        --kubelet-preferred-address-types=InternalIP,Hostname \
-        --audit-policy-file="$work/audit-policy.yaml" --audit-log-path="$work/audit.log"
+    start_apiserver "$bins"
     export KUBECONFIG=$work/admin.kubeconfig
     wait_for 60 ip netns exec "$ns" kubectl get --raw /readyz
     log "API server ready after $((SECONDS - t0)) s"
@@ -388,7 +409,9 @@ down() {
 case ${1:-} in
     up) up ;;
     install) install ;;
+    images) images ;;
     restart-kubelet) restart_kubelet ;;
+    restart-apiserver) restart_apiserver ;;
     down) down ;;
     env)
         echo "export KUBECONFIG=$work/admin.kubeconfig"
@@ -399,7 +422,7 @@ case ${1:-} in
         in_node "$@"
         ;;
     *)
-        echo "usage: scripts/cluster.sh up|install|restart-kubelet|down|env|node CMD..." >&2
+        echo "usage: scripts/cluster.sh up|install|images|restart-kubelet|restart-apiserver|down|env|node CMD..." >&2
         exit 2
         ;;
 esac

@@ -15,6 +15,7 @@ use crate::cni::env::is_valid_name;
 use crate::cni::version::Version;
 use crate::error::{CniError, Code, coded};
 use crate::k8s::Timeouts;
+use crate::k8s::socket::{DEFAULT_SOCKET, DEFAULT_WAIT, DaemonSocket};
 use crate::logfile::LogOptions;
 use crate::policy::Rule;
 
@@ -39,7 +40,8 @@ pub enum LogLevel {
 }
 
 impl LogLevel {
-    fn parse(s: &str) -> Option<Self> {
+    /// A `logLevel` value, as Multus spells it.
+    pub fn parse(s: &str) -> Option<Self> {
         Some(match s.to_ascii_lowercase().as_str() {
             "panic" => LogLevel::Panic,
             "error" => LogLevel::Error,
@@ -87,6 +89,8 @@ struct Wire {
     api_timeout: Option<f64>,
     api_attempts: Option<u32>,
     delegate_timeout: Option<f64>,
+    daemon_socket: Option<PathBuf>,
+    daemon_timeout: Option<f64>,
     nad_policy: Option<Vec<Rule>>,
     kubelet_checkpoint_file: Option<PathBuf>,
     device_info_dir: Option<PathBuf>,
@@ -156,6 +160,9 @@ pub struct NetConf {
     pub api_timeouts: Timeouts,
     /// `delegateTimeout`: how long one delegate call may take before it is killed.
     pub delegate_timeout: Duration,
+    /// `daemonSocket` (`""`: none) and `daemonTimeout` (seconds): the node daemon a call asks
+    /// first for the pod and its NADs.
+    pub daemon_socket: Option<DaemonSocket>,
     /// `nadPolicy`: what NADs of which namespaces may use (`None`: anything).
     pub nad_policy: Option<Vec<Rule>>,
     /// `kubeletCheckpointFile`: where device-plugin allocations are read for `resourceName`.
@@ -296,6 +303,13 @@ impl NetConf {
                 wire.delegate_timeout,
                 DEFAULT_DELEGATE_TIMEOUT,
             )?,
+            daemon_socket: match wire.daemon_socket {
+                Some(p) if p.as_os_str().is_empty() => None,
+                path => Some(DaemonSocket {
+                    path: path.unwrap_or_else(|| DEFAULT_SOCKET.into()),
+                    wait: seconds("daemonTimeout", wire.daemon_timeout, DEFAULT_WAIT)?,
+                }),
+            },
             nad_policy: wire.nad_policy,
             kubelet_checkpoint_file: wire
                 .kubelet_checkpoint_file

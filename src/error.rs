@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Well-known CNI error codes (spec section "Error"), plus Go's 999 for "internal".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,14 +38,14 @@ pub enum Code {
 }
 
 /// A CNI error object, as printed on stdout by a failing plugin.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CniError {
     /// The CNI error code (1-99 reserved by the spec, 100+ plugin specific).
     pub code: u32,
     /// Human readable message.
     pub msg: String,
     /// Longer details (e.g. a delegate's stderr); omitted when empty.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub details: String,
 }
 

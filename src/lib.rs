@@ -15,7 +15,8 @@
 //! - [`k8s`]: the cluster as a call sees it ([`k8s::Cluster`], [`k8s::Reach`]), the API access
 //!   and client, kubelet's device checkpoint;
 //! - [`flows`]: ADD, DEL, CHECK, GC and STATUS, and the network-status and events ADD reports;
-//! - [`commands`]: the command-line tool (`explain`, `attachments`, ...);
+//! - [`commands`]: the command-line tool (`explain`, `attachments`, `daemon`, ...);
+//! - [`daemon`]: the node daemon: watch cache, socket, metrics;
 //! - [`error`]: CNI error codes, lists of failures, and the boundary mapping.
 
 pub mod annotations;
@@ -23,6 +24,7 @@ pub mod cache;
 pub mod cni;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod default_route;
 pub mod delegate;
 pub mod error;
@@ -44,14 +46,16 @@ use serde_json::Value;
 use cni::env::{CniEnv, Command};
 use cni::version::version_reply;
 use config::NetConf;
-use error::{Code, coded};
+use error::{CniError, Code, coded};
 use invocation::Invocation;
+use k8s::socket::{DelegateCall, Report};
 use k8s::{InCluster, Reach};
 
 /// Runs one CNI invocation: the entry point of the one-shot CNI process, which sets up its
 /// logging from the config and decides how the flows reach the cluster. Returns what goes to
 /// stdout on success (`None`: print nothing).
 pub fn run(env: CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
+    let start = std::time::Instant::now();
     if env.command == Command::Version {
         let requested = serde_json::from_slice::<Value>(stdin).ok();
         let requested = requested
@@ -85,8 +89,9 @@ pub fn run(env: CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
         conf.kubeconfig.as_deref(),
         InCluster::from_env(),
         conf.api_timeouts,
+        conf.daemon_socket.clone(),
     );
-    let inv = Invocation { env, conf };
+    let inv = Invocation::new(env, conf);
     let outcome = match inv.env.command {
         Command::Add => flows::add(&inv, &reach).map(Some),
         Command::Del => flows::del(&inv, &reach).map(|()| None),
@@ -101,6 +106,31 @@ pub fn run(env: CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
             inv.env.command.as_str(),
             inv.env.container_id
         );
+    }
+    // The daemon's metrics count the call where it happened; nothing waits for it.
+    if let Some((socket, unused)) = reach.daemon() {
+        let report = Report {
+            command: inv.env.command.as_str().to_string(),
+            code: outcome
+                .as_ref()
+                .err()
+                .map(|e| CniError::from_anyhow(e).code),
+            seconds: start.elapsed().as_secs_f64(),
+            unused,
+            delegates: inv
+                .timings
+                .take()
+                .into_iter()
+                .map(|t| DelegateCall {
+                    network: t.network,
+                    plugin: t.plugin,
+                    command: t.command.as_str().to_string(),
+                    seconds: t.seconds,
+                    ok: t.ok,
+                })
+                .collect(),
+        };
+        k8s::socket::report(&socket.path, socket.wait, report);
     }
     outcome
 }

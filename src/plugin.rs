@@ -7,7 +7,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use nix::sys::signal::{Signal, killpg};
@@ -29,6 +30,46 @@ pub struct Runner {
     pub netns: Option<String>,
     /// How long one plugin call may take (`delegateTimeout`).
     pub timeout: Duration,
+    /// Where each plugin call's duration goes.
+    pub timings: Timings,
+}
+
+/// How long one plugin call took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timing {
+    /// The network (or attachment) it was for.
+    pub network: String,
+    /// The plugin's type.
+    pub plugin: String,
+    /// The CNI command.
+    pub command: Command,
+    /// How long it took.
+    pub seconds: f64,
+    /// It succeeded.
+    pub ok: bool,
+}
+
+/// The durations of an invocation's plugin calls, shared by its runners.
+#[derive(Debug, Clone, Default)]
+pub struct Timings(Arc<Mutex<Vec<Timing>>>);
+
+impl Timings {
+    fn push(&self, timing: Timing) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(timing);
+    }
+
+    /// Every timing so far, taken out.
+    pub fn take(&self) -> Vec<Timing> {
+        std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
 }
 
 impl Runner {
@@ -88,7 +129,27 @@ impl Runner {
         })
     }
 
+    /// Runs the plugin binary `kind` for `call`, and keeps how long it took.
     pub(crate) fn run(
+        &self,
+        command: Command,
+        call: &Call<'_>,
+        kind: &str,
+        request: &Value,
+    ) -> Result<Option<Value>> {
+        let start = Instant::now();
+        let outcome = self.call(command, call, kind, request);
+        self.timings.push(Timing {
+            network: call.label.to_string(),
+            plugin: kind.to_string(),
+            command,
+            seconds: start.elapsed().as_secs_f64(),
+            ok: outcome.is_ok(),
+        });
+        outcome
+    }
+
+    fn call(
         &self,
         command: Command,
         call: &Call<'_>,

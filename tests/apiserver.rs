@@ -15,6 +15,10 @@
 //! The e2e suite sends the same requests to it and to a real kube-apiserver and compares the
 //! answers' codes and shapes (`tests/e2e`).
 //!
+//! Pods and NADs can be listed and watched (LIST with `limit`, WATCH as a chunked stream of
+//! `ADDED`/`MODIFIED` events after a resourceVersion, as the daemon uses them); watches can be
+//! broken, and a compaction makes a watch from before it answer 410 Gone.
+//!
 //! It runs on 127.0.0.1 inside a network namespace, records every request, counts TLS
 //! connections, and can be told to fail the next requests (500, 429 with Retry-After) or to hold
 //! them for a while.
@@ -58,6 +62,10 @@ struct State {
     delayed: usize,
     /// The valid bearer token once rotated (the one in `Credentials` until then).
     token: Option<String>,
+    /// Watches from a resourceVersion below this get 410 Gone (compacted).
+    compacted_below: u64,
+    /// Bumped to break every open watch.
+    watch_generation: u64,
 }
 
 /// The PEM material a client needs.
@@ -256,8 +264,19 @@ impl ApiServer {
         state.resource_version.to_string()
     }
 
-    /// Adds a pod; returns its UID.
+    /// Adds a pod on node-1; returns its UID.
     pub fn add_pod(&self, namespace: &str, name: &str, annotations: Value) -> String {
+        self.add_pod_on(namespace, name, annotations, "node-1")
+    }
+
+    /// Adds a pod bound to `node`; returns its UID.
+    pub fn add_pod_on(
+        &self,
+        namespace: &str,
+        name: &str,
+        annotations: Value,
+        node: &str,
+    ) -> String {
         let mut st = self.state.lock().unwrap();
         let uid = format!("uid-{namespace}-{name}-{}", st.resource_version + 1);
         let rv = Self::next_rv(&mut st);
@@ -266,7 +285,7 @@ impl ApiServer {
             "metadata": {"name": name, "namespace": namespace, "uid": uid, "resourceVersion": rv,
                          "creationTimestamp": "2026-11-22T06:00:00Z", "annotations": annotations,
                          "labels": {"app": name}},
-            "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}], "nodeName": "node-1",
+            "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}], "nodeName": node,
                      "restartPolicy": "Always", "dnsPolicy": "ClusterFirst"},
             "status": {"phase": "Pending", "qosClass": "BestEffort"}
         });
@@ -339,6 +358,17 @@ impl ApiServer {
     /// How many requests have been held so far.
     pub fn delayed(&self) -> usize {
         self.state.lock().unwrap().delayed
+    }
+
+    /// Breaks every open watch: its connection drops mid-stream.
+    pub fn break_watches(&self) {
+        self.state.lock().unwrap().watch_generation += 1;
+    }
+
+    /// Compacts history: a watch from a resourceVersion before now gets 410 Gone.
+    pub fn compact(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.compacted_below = st.resource_version + 1;
     }
 
     pub fn uninstall_crd(&self) {
@@ -434,6 +464,9 @@ fn serve(
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
         let (code, body, extra) = handle(&req, &state, &tokens, has_client_cert);
+        if code == WATCH {
+            return stream_watch(&req, &state, reader.get_mut(), &stop);
+        }
         // A string is a plain-text body (the real server's answer to an unknown path).
         let (body, content_type) = match body {
             Value::String(text) => (text.into_bytes(), "text/plain; charset=utf-8"),
@@ -459,6 +492,101 @@ fn serve(
 }
 
 type Reply = (u16, Value, Vec<(String, String)>);
+
+/// What `handle` answers for an authorized WATCH: `serve` streams it.
+const WATCH: u16 = 0;
+
+/// A query parameter of `path`.
+fn param<'a>(path: &'a str, key: &str) -> Option<&'a str> {
+    let query = path.split_once('?')?.1;
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then_some(v)
+    })
+}
+
+/// The objects of a collection path, with a pod field selector on `spec.nodeName` applied.
+fn collection(st: &State, path: &str) -> Option<Vec<Value>> {
+    let node = param(path, "fieldSelector").and_then(|f| f.strip_prefix("spec.nodeName="));
+    match path.split('?').next()? {
+        "/api/v1/pods" => Some(
+            st.pods
+                .values()
+                .filter(|p| node.is_none_or(|n| p["spec"]["nodeName"] == n))
+                .cloned()
+                .collect(),
+        ),
+        "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions" => {
+            Some(st.nads.values().cloned().collect())
+        }
+        _ => None,
+    }
+}
+
+fn rv_of(object: &Value) -> u64 {
+    object["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A WATCH: every object changed after the requested resourceVersion, as a chunked stream of
+/// events, until `timeoutSeconds`, a broken watch or the server's stop; 410 Gone as an ERROR
+/// event when that resourceVersion was compacted.
+fn stream_watch(req: &Request, state: &Mutex<State>, out: &mut impl Write, stop: &AtomicBool) {
+    let chunk = |out: &mut dyn Write, event: &Value| {
+        let mut line = serde_json::to_vec(event).unwrap();
+        line.push(b'\n');
+        let mut bytes = format!("{:x}\r\n", line.len()).into_bytes();
+        bytes.extend_from_slice(&line);
+        bytes.extend_from_slice(b"\r\n");
+        out.write_all(&bytes).and_then(|()| out.flush())
+    };
+    let head =
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    if out.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let mut since: u64 = param(&req.path, "resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let timeout: u64 = param(&req.path, "timeoutSeconds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+    let generation = state.lock().unwrap().watch_generation;
+    if since < state.lock().unwrap().compacted_below {
+        let gone = json!({"type": "ERROR", "object": status(410, "Expired",
+            &format!("too old resource version: {since}"))});
+        let _ = chunk(out, &gone);
+        let _ = out.write_all(b"0\r\n\r\n");
+        return;
+    }
+    while std::time::Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
+        let changed: Vec<Value> = {
+            let st = state.lock().unwrap();
+            if st.watch_generation != generation {
+                // Broken: the connection drops without the last chunk.
+                return;
+            }
+            let mut changed: Vec<Value> = collection(&st, &req.path)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|o| rv_of(o) > since)
+                .collect();
+            changed.sort_by_key(rv_of);
+            changed
+        };
+        for object in changed {
+            since = rv_of(&object);
+            if chunk(out, &json!({"type": "MODIFIED", "object": object})).is_err() {
+                return;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = out.write_all(b"0\r\n\r\n").and_then(|()| out.flush());
+}
 
 fn error(code: u16, reason: &str, message: &str) -> Reply {
     (code, status(code, reason, message), vec![])
@@ -517,6 +645,20 @@ fn handle(
         None => return error(401, "Unauthorized", "Unauthorized"),
     }
     let path = req.path.split('?').next().unwrap_or_default();
+    if req.method == "GET" {
+        if let Some(items) = collection(&st, &req.path) {
+            if param(&req.path, "watch") == Some("1") {
+                return (WATCH, Value::Null, vec![]);
+            }
+            let rv = st.resource_version.to_string();
+            return (
+                200,
+                json!({"kind": "List", "apiVersion": "v1",
+                                "metadata": {"resourceVersion": rv}, "items": items}),
+                vec![],
+            );
+        }
+    }
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segs.as_slice() {
         ["api", "v1", "namespaces", ns, "pods", name] => match req.method.as_str() {

@@ -122,6 +122,8 @@ struct Bench {
     cluster: Value,
     macvlan: Value,
     bridge: Value,
+    /// The node daemon's socket (`multihome daemon`, started beside the stand-in).
+    socket: PathBuf,
 }
 
 impl Bench {
@@ -164,9 +166,16 @@ impl Bench {
                "cniDir": self.dir.join("cache"), "delegates": [self.cluster, self.macvlan, self.bridge]})
     }
 
-    fn api_conf(&self) -> Value {
+    /// Through the API itself (`daemon`: false) or the node daemon.
+    fn api_conf(&self, daemon: bool) -> Value {
+        let socket = if daemon {
+            self.socket.as_path()
+        } else {
+            Path::new("")
+        };
         json!({"cniVersion": "1.0.0", "name": "multihome", "type": "multihome", "binDir": PLUGINS,
-               "cniDir": self.dir.join("cache"), "kubeconfig": self.kubeconfig, "delegates": [self.cluster]})
+               "cniDir": self.dir.join("cache"), "kubeconfig": self.kubeconfig, "delegates": [self.cluster],
+               "daemonSocket": socket})
     }
 }
 
@@ -175,6 +184,7 @@ enum Series {
     Floor,
     Static,
     Api,
+    Daemon,
     Version,
     StubFloor,
     StubStatic,
@@ -186,6 +196,7 @@ impl Series {
             Series::Floor => "delegates called directly",
             Series::Static => "multihome, static delegates",
             Series::Api => "multihome, through the API",
+            Series::Daemon => "multihome, through the daemon",
             Series::Version => "multihome VERSION",
             Series::StubFloor => "stub delegates called directly",
             Series::StubStatic => "multihome, stub delegates",
@@ -201,10 +212,10 @@ impl Series {
 struct Samples {
     add: BTreeMap<Series, Vec<Duration>>,
     del: BTreeMap<Series, Vec<Duration>>,
-    requests_add: BTreeMap<String, usize>,
-    requests_del: BTreeMap<String, usize>,
-    handshakes: usize,
-    api_adds: usize,
+    requests_add: BTreeMap<(Series, String), usize>,
+    requests_del: BTreeMap<(Series, String), usize>,
+    handshakes: BTreeMap<Series, usize>,
+    api_adds: BTreeMap<Series, usize>,
     failures: Vec<String>,
 }
 
@@ -292,7 +303,7 @@ fn del_cases(b: &Bench, pods: &[Netns], failures: &mut Vec<String>) {
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
     }
-    let mut conf = b.api_conf();
+    let mut conf = b.api_conf(false);
     conf["binDir"] = json!(spy);
     let conf = conf.to_string();
     let record = |cid: &str| {
@@ -467,7 +478,8 @@ fn through_multihome(
     i: usize,
 ) -> Result<(Duration, Duration), String> {
     let conf = match series {
-        Series::Api => b.api_conf(),
+        Series::Api => b.api_conf(false),
+        Series::Daemon => b.api_conf(true),
         Series::StubStatic => {
             let (nets, dir) = networks(b, series);
             json!({"cniVersion": "1.0.0", "name": "multihome", "binDir": dir, "cniDir": b.dir.join("cache"),
@@ -478,18 +490,24 @@ fn through_multihome(
     let stdin = conf.to_string();
     b.api.take_requests();
     b.api.take_connections();
-    let counted = series == Series::Api;
-    let count = |into: &mut BTreeMap<String, usize>| {
-        for r in b.api.take_requests() {
-            *into.entry(request_kind(&r)).or_default() += 1;
+    let counted = matches!(series, Series::Api | Series::Daemon);
+    // The daemon's own watches are not the call's.
+    let count = |into: &mut BTreeMap<(Series, String), usize>| {
+        for r in b
+            .api
+            .take_requests()
+            .iter()
+            .filter(|r| !r.contains("watch=1"))
+        {
+            *into.entry((series, request_kind(r))).or_default() += 1;
         }
     };
     let (add, _) = invoke(BIN, &b.env("ADD", cid, pod, "eth0", i), stdin.as_bytes())?;
     if counted {
         let mut st = s.lock().unwrap();
         count(&mut st.requests_add);
-        st.handshakes += b.api.take_connections();
-        st.api_adds += 1;
+        *st.handshakes.entry(series).or_default() += b.api.take_connections();
+        *st.api_adds.entry(series).or_default() += 1;
     }
     check_links(pod, series)?;
     let (del, _) = invoke(BIN, &b.env("DEL", cid, pod, "eth0", i), stdin.as_bytes())?;
@@ -516,7 +534,7 @@ fn run_series(
             return Ok(());
         }
         Series::Floor | Series::StubFloor => direct(b, series, &cid, pod, i)?,
-        Series::Static | Series::Api | Series::StubStatic => {
+        Series::Static | Series::Api | Series::Daemon | Series::StubStatic => {
             through_multihome(b, s, series, &cid, pod, i)?
         }
     };
@@ -596,6 +614,61 @@ fn rss_probe(pod_path: &str, kubeconfig: &str, dir: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `multihome daemon` for `node` beside the stand-in, ready.
+fn start_daemon(b: &Bench, node: &str) -> std::process::Child {
+    let child = Command::new(BIN)
+        .args([
+            "daemon",
+            "--node-name",
+            node,
+            "--log-level",
+            "error",
+            "--socket",
+        ])
+        .arg(&b.socket)
+        .arg("--kubeconfig")
+        .arg(&b.kubeconfig)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("starting the daemon");
+    let ready = || -> Option<bool> {
+        let mut s = std::os::unix::net::UnixStream::connect(&b.socket).ok()?;
+        s.write_all(b"{\"protocol\":1}\n").ok()?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line).ok()?;
+        Some(line.contains("\"ready\":true"))
+    };
+    let start = std::time::Instant::now();
+    while ready() != Some(true) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the daemon never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// SIGTERM, and the exit awaited.
+fn stop(child: &mut std::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
+    let _ = child.wait();
+}
+
+/// "VmRSS, peak VmHWM" of a process.
+fn rss_of(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    format!("{} (peak {})", field("VmRSS:"), field("VmHWM:"))
+}
+
 fn peak_rss_kib(pod: &Netns, kubeconfig: &str, dir: &Path) -> Result<u64, String> {
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
@@ -661,6 +734,7 @@ fn main() -> ExitCode {
         cluster: Value::Null,
         macvlan: Value::Null,
         bridge: Value::Null,
+        socket: dir.join("daemon/daemon.sock"),
     };
     bench.cluster = json!({"cniVersion": "1.0.0", "name": "cluster", "plugins": [
         {"type": "bridge", "bridge": "mhbr0", "isGateway": true, "ipam": bench.ipam("198.18.0.0/20", true)}]});
@@ -694,6 +768,7 @@ fn main() -> ExitCode {
         Series::Floor,
         Series::Static,
         Series::Api,
+        Series::Daemon,
         Series::StubFloor,
         Series::StubStatic,
     ];
@@ -711,6 +786,7 @@ fn main() -> ExitCode {
         eprintln!("bench: warm-up failed: {e}");
         return ExitCode::FAILURE;
     }
+    let mut daemon = start_daemon(&bench, "node-1");
     for i in 0..args.pods {
         for k in 0..order.len() {
             let series = order[(i + k) % order.len()];
@@ -733,6 +809,7 @@ fn main() -> ExitCode {
         Series::Floor,
         Series::Static,
         Series::Api,
+        Series::Daemon,
         Series::Version,
         Series::StubFloor,
         Series::StubStatic,
@@ -754,7 +831,7 @@ fn main() -> ExitCode {
     };
     let floor = (med(&s.add, Series::Floor), med(&s.del, Series::Floor));
     println!();
-    for series in [Series::Static, Series::Api] {
+    for series in [Series::Static, Series::Api, Series::Daemon] {
         println!(
             "overhead over the delegates, {:<27} ADD {:+.2} ms, DEL {:+.2} ms (medians)",
             series.label(),
@@ -767,30 +844,72 @@ fn main() -> ExitCode {
         med(&s.add, Series::StubStatic) - med(&s.add, Series::StubFloor),
         med(&s.del, Series::StubStatic) - med(&s.del, Series::StubFloor)
     );
-    let per = |m: &BTreeMap<String, usize>| {
-        let total: usize = m.values().sum();
-        let parts: Vec<String> = m
-            .iter()
-            .map(|(k, v)| format!("{k}: {:.2}", *v as f64 / s.api_adds.max(1) as f64))
-            .collect();
-        format!(
-            "{:.2} ({})",
-            total as f64 / s.api_adds.max(1) as f64,
-            if parts.is_empty() {
-                "none".into()
-            } else {
-                parts.join(", ")
-            }
-        )
-    };
-    println!("API requests per ADD: {}", per(&s.requests_add));
-    println!("API requests per DEL: {}", per(&s.requests_del));
-    println!(
-        "TLS handshakes per ADD: {:.2}",
-        s.handshakes as f64 / s.api_adds.max(1) as f64
-    );
+    for series in [Series::Api, Series::Daemon] {
+        let adds = s.api_adds.get(&series).copied().unwrap_or_default().max(1) as f64;
+        let per = |m: &BTreeMap<(Series, String), usize>| {
+            let parts: Vec<(String, usize)> = m
+                .iter()
+                .filter(|((of, _), _)| *of == series)
+                .map(|((_, k), v)| (k.clone(), *v))
+                .collect();
+            let total: usize = parts.iter().map(|(_, v)| v).sum();
+            let parts: Vec<String> = parts
+                .iter()
+                .map(|(k, v)| format!("{k}: {:.2}", *v as f64 / adds))
+                .collect();
+            format!(
+                "{:.2} ({})",
+                total as f64 / adds,
+                if parts.is_empty() {
+                    "none".into()
+                } else {
+                    parts.join(", ")
+                }
+            )
+        };
+        println!("{}:", series.label());
+        println!("  API requests per ADD: {}", per(&s.requests_add));
+        println!("  API requests per DEL: {}", per(&s.requests_del));
+        println!(
+            "  TLS handshakes per ADD: {:.2}",
+            s.handshakes.get(&series).copied().unwrap_or_default() as f64 / adds
+        );
+    }
 
     let mut failures = s.failures;
+    println!(
+        "daemon RSS after the runs ({} local pods, 2 NADs): {}",
+        pods_total,
+        rss_of(daemon.id())
+    );
+    stop(&mut daemon);
+    // The daemon's memory is its node's: 110 pods here, 10 000 on other nodes, 200 NADs.
+    for i in pods_total..110 {
+        bench.api.add_pod(
+            NS,
+            &format!("pod-{i}"),
+            json!({"k8s.v1.cni.cncf.io/networks": "macvlan-net@net1, bridge-net"}),
+        );
+    }
+    for i in 0..10_000 {
+        bench.api.add_pod_on(
+            NS,
+            &format!("elsewhere-{i}"),
+            json!({"k8s.v1.cni.cncf.io/networks": "macvlan-net@net1, bridge-net"}),
+            &format!("node-{}", 2 + i % 100),
+        );
+    }
+    for i in 0..198 {
+        bench
+            .api
+            .add_nad(NS, &format!("nad-{i}"), Some(&bench.bridge), json!({}));
+    }
+    let mut big = start_daemon(&bench, "node-1");
+    println!(
+        "daemon RSS with 110 pods on its node, 10 000 on 100 others, 200 NADs: {}",
+        rss_of(big.id())
+    );
+    stop(&mut big);
     let rss_pod = Netns::create(format!("{tag}-rss"));
     match (
         peak_rss_kib(&rss_pod, "", &dir),
@@ -809,7 +928,7 @@ fn main() -> ExitCode {
     );
 
     // Burst: all pods added by parallel workers, checked, then all deleted.
-    let conf = bench.api_conf().to_string();
+    let conf = bench.api_conf(false).to_string();
     let next = Mutex::new(0usize);
     let errors = Mutex::new(Vec::new());
     let phase = |command: &str| {
@@ -893,7 +1012,7 @@ fn main() -> ExitCode {
 
     // N ADDs whose DEL never comes (node crash, kubelet state wiped), then the runtime's GC.
     let gc_conf = {
-        let mut c = bench.api_conf();
+        let mut c = bench.api_conf(false);
         c["cniVersion"] = json!("1.1.0");
         c
     };

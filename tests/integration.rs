@@ -11,6 +11,7 @@ mod install;
 
 mod binary;
 mod core_flows;
+mod daemon;
 mod default_route;
 mod faults;
 mod gc_status;

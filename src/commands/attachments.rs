@@ -1,5 +1,6 @@
 //! `multihome attachments`: what is attached now, from the records in `cniDir`, with the
-//! records whose network namespace is gone marked stale: the view to take before a GC.
+//! records whose network namespace is gone marked stale: the view to take before a GC; and
+//! whether the node daemon would answer the next CNI call.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ use super::{Common, cell};
 use crate::cache::{Cache, Record};
 use crate::cni::result::convert;
 use crate::cni::version::Version;
+use crate::k8s::socket::Link;
 
 const HELP: &str = concat!(
     "\
@@ -66,12 +68,24 @@ pub fn attachments(args: Args) -> Result<ExitCode> {
             Err(e) => unreadable.push(json!({"file": file, "error": format!("{e:#}")})),
         }
     }
-    let doc = json!({"cniDir": conf.cni_dir, "records": records, "unreadable": unreadable});
+    // The node daemon as the next CNI call would find it.
+    let daemon = conf.daemon_socket.as_ref().map(|socket| {
+        let state = match Link::open(socket) {
+            Ok(_) => "ready",
+            Err(why) => why.as_str(),
+        };
+        json!({"socket": socket.path, "state": state})
+    });
+    let doc = json!({"cniDir": conf.cni_dir, "daemon": daemon, "records": records,
+                     "unreadable": unreadable});
     if args.common.json {
         println!("{doc:#}");
         return Ok(ExitCode::SUCCESS);
     }
     println!("cniDir: {}", conf.cni_dir.display());
+    if let Some(d) = doc["daemon"].as_object() {
+        println!("daemon: {} ({})", cell(&d["state"]), cell(&d["socket"]));
+    }
     for r in doc["records"].as_array().into_iter().flatten() {
         println!();
         println!(

@@ -21,6 +21,7 @@ use crate::host_interface;
 use crate::invocation::Invocation;
 use crate::invocation::resolve::{Kube, PodRef};
 use crate::k8s::client::ObjectMeta;
+use crate::k8s::socket::Unused;
 use crate::k8s::{InCluster, Nad, Offline, Pod, Reach};
 use crate::netns::NetNs;
 use crate::plan::{Attachment, filter_runtime_config};
@@ -144,8 +145,9 @@ pub fn explain(args: Args) -> Result<ExitCode> {
         conf.kubeconfig.as_deref(),
         InCluster::from_env(),
         conf.api_timeouts,
+        conf.daemon_socket.clone(),
     );
-    let inv = Invocation { env, conf };
+    let inv = Invocation::new(env, conf);
 
     let mut attachments = Vec::new();
     let mut warnings = Vec::new();
@@ -164,9 +166,19 @@ pub fn explain(args: Args) -> Result<ExitCode> {
         .and_then(|ns| ns.link_names())
         .context("listing this namespace's links")?;
     let error = outcome.err().map(|e| CniError::from_anyhow(&e));
+    // Whether the pod came from the node daemon's cache or from the API itself.
+    let daemon = args
+        .pod
+        .as_ref()
+        .and_then(|_| reach.daemon())
+        .map(|(socket, unused)| {
+            json!({"socket": socket.path, "answered": unused.is_none(),
+                   "reason": unused.map(Unused::as_str)})
+        });
     let doc = json!({
         "config": file,
         "pod": format!("{namespace}/{name}"),
+        "daemon": daemon,
         "attachments": attachments.iter().map(|a| describe(&inv, a, &links)).collect::<Vec<_>>(),
         "warnings": warnings,
         "error": error.as_ref().map(|e| json!({"code": e.code, "msg": e.msg})),
@@ -290,6 +302,15 @@ fn describe(inv: &Invocation, att: &Attachment, links: &[String]) -> Value {
 fn print_table(doc: &Value) {
     println!("config: {}", cell(&doc["config"]));
     println!("pod:    {}", cell(&doc["pod"]));
+    let daemon = &doc["daemon"];
+    if !daemon.is_null() {
+        let how = if daemon["answered"] == true {
+            "answered".to_string()
+        } else {
+            format!("not used ({}): read from the API", cell(&daemon["reason"]))
+        };
+        println!("daemon: {how} ({})", cell(&daemon["socket"]));
+    }
     for a in doc["attachments"].as_array().into_iter().flatten() {
         println!();
         println!(

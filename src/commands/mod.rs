@@ -4,6 +4,7 @@
 
 mod attachments;
 mod cli;
+mod daemon;
 mod explain;
 mod install;
 mod install_watch;
@@ -31,6 +32,7 @@ Verbs:
   version      The version, and the CNI spec versions spoken
   install      The DaemonSet's entrypoint: install the binary, kubeconfig and config, keep them
                current
+  daemon       The node daemon: a watch-fed cache the CNI calls ask over a socket, and metrics
   explain      What ADD would attach for a pod, from the API or given by hand; changes nothing
   attachments  What is attached now, from multihome's records
   node-state   This namespace's links (the node's), for choosing masters and host interfaces
@@ -44,6 +46,7 @@ Options:
 enum Verb {
     Version,
     Install(install::Args),
+    Daemon(daemon::Args),
     Explain(explain::Args),
     Attachments(attachments::Args),
     NodeState(node_state::Args),
@@ -73,6 +76,7 @@ pub fn run() -> ExitCode {
     let outcome = match verb {
         Verb::Version => version::version(),
         Verb::Install(args) => install::install(args),
+        Verb::Daemon(args) => daemon::daemon(args),
         Verb::Explain(args) => explain::explain(args),
         Verb::Attachments(args) => attachments::attachments(args),
         Verb::NodeState(args) => node_state::node_state(args),
@@ -101,11 +105,14 @@ fn parse(p: &mut Parser, who: &mut String) -> Result<Option<Verb>> {
             |p| Ok(cli::options(p, version::HELP, |_, _| Ok(false))?.map(|()| Verb::Version))
         }
         "install" => |p| Ok(install::Args::parse(p)?.map(Verb::Install)),
+        "daemon" => |p| Ok(daemon::Args::parse(p)?.map(Verb::Daemon)),
         "explain" => |p| Ok(explain::Args::parse(p)?.map(Verb::Explain)),
         "attachments" => |p| Ok(attachments::Args::parse(p)?.map(Verb::Attachments)),
         "node-state" => |p| Ok(node_state::Args::parse(p)?.map(Verb::NodeState)),
         _ => {
-            bail!("no verb {name:?}: expected version, install, explain, attachments or node-state")
+            bail!(
+                "no verb {name:?}: expected version, install, daemon, explain, attachments or node-state"
+            )
         }
     };
     who.push(' ');

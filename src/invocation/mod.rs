@@ -8,7 +8,7 @@ pub mod resolve;
 use crate::cache::{Cache, Key};
 use crate::cni::env::CniEnv;
 use crate::config::NetConf;
-use crate::plugin::{Runner, search_path};
+use crate::plugin::{Runner, Timings, search_path};
 
 /// One invocation: the validated environment and multihome's config.
 #[derive(Debug, Clone)]
@@ -17,9 +17,20 @@ pub struct Invocation {
     pub env: CniEnv,
     /// multihome's config (stdin).
     pub conf: NetConf,
+    /// How long each of its plugin calls took.
+    pub timings: Timings,
 }
 
 impl Invocation {
+    /// The invocation of `env` with `conf`.
+    pub fn new(env: CniEnv, conf: NetConf) -> Invocation {
+        Invocation {
+            env,
+            conf,
+            timings: Timings::default(),
+        }
+    }
+
     /// A runner for delegate calls about `netns` (the invocation's own, or a recorded one).
     pub(crate) fn runner_in(&self, container_id: &str, netns: Option<String>) -> Runner {
         Runner {
@@ -27,6 +38,7 @@ impl Invocation {
             container_id: container_id.to_string(),
             netns,
             timeout: self.conf.delegate_timeout,
+            timings: self.timings.clone(),
         }
     }
 

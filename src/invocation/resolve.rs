@@ -555,8 +555,8 @@ mod tests {
     }
 
     fn plan_for(conf: Value, networks: &str, cluster: &Recorder) -> Result<Vec<Attachment>> {
-        let inv = Invocation {
-            env: CniEnv {
+        let inv = Invocation::new(
+            CniEnv {
                 command: Command::Add,
                 container_id: "c".into(),
                 netns: None,
@@ -564,8 +564,8 @@ mod tests {
                 args: vec![],
                 path: vec![],
             },
-            conf: NetConf::parse(conf.to_string().as_bytes()).unwrap(),
-        };
+            NetConf::parse(conf.to_string().as_bytes()).unwrap(),
+        );
         let pod = Pod {
             metadata: ObjectMeta {
                 namespace: "tenant".into(),

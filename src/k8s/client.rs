@@ -19,7 +19,7 @@ use rustls::CertificateError;
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::access::Access;
@@ -50,7 +50,7 @@ impl Default for Timeouts {
 }
 
 /// Object metadata, the part of it multihome reads.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     /// `metadata.name`.
@@ -71,7 +71,7 @@ pub struct ObjectMeta {
 }
 
 /// A pod, as far as multihome reads it.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 pub struct Pod {
     /// Its metadata.
     pub metadata: ObjectMeta,
@@ -92,7 +92,7 @@ impl Pod {
 }
 
 /// A NetworkAttachmentDefinition.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 pub struct Nad {
     /// Its metadata.
     pub metadata: ObjectMeta,
@@ -102,7 +102,7 @@ pub struct Nad {
 }
 
 /// `spec` of a NetworkAttachmentDefinition.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 pub struct NadSpec {
     /// The CNI config or conflist, as a JSON string; empty means "look it up in confDir".
     #[serde(default)]
@@ -110,7 +110,7 @@ pub struct NadSpec {
 }
 
 /// What the API says of one NetworkAttachmentDefinition.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub enum NadReply {
     /// It exists.
     Found(Nad),
@@ -122,7 +122,7 @@ pub enum NadReply {
 }
 
 /// How a status patch ended, when it did not fail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum Patched {
     /// The pod has it.
     Written,
@@ -140,6 +140,103 @@ pub struct Client {
     /// The server answered over HTTP/2 (negotiated by ALPN): requests that do not depend on
     /// each other can share the one connection at once.
     multiplexed: AtomicBool,
+    /// Told of every answer (or its absence); the daemon counts requests with it.
+    observer: Option<Observer>,
+}
+
+/// What a client tells of every request it made: method, path, and the HTTP status (`None`
+/// when no answer came).
+pub type Observer = Box<dyn Fn(&Method, &str, Option<u16>) + Send + Sync>;
+
+/// Objects of one LIST, and the resourceVersion a WATCH of them starts from.
+#[derive(Debug)]
+pub struct Listed<T> {
+    /// The objects, every page of them.
+    pub items: Vec<T>,
+    /// The list's `metadata.resourceVersion`.
+    pub resource_version: String,
+}
+
+#[derive(Deserialize)]
+struct ListPage<T> {
+    #[serde(default = "Vec::new")]
+    items: Vec<T>,
+    #[serde(default)]
+    metadata: ListMeta,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListMeta {
+    #[serde(default)]
+    resource_version: String,
+    #[serde(default, rename = "continue")]
+    next: String,
+}
+
+/// One change a WATCH delivers.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", content = "object")]
+pub enum WatchEvent<T> {
+    /// A new object (or one the watch had not reported yet).
+    #[serde(rename = "ADDED")]
+    Added(T),
+    /// A changed object.
+    #[serde(rename = "MODIFIED")]
+    Modified(T),
+    /// A deleted object, as it last was.
+    #[serde(rename = "DELETED")]
+    Deleted(T),
+    /// Only `metadata.resourceVersion`: where to resume, with nothing changed.
+    #[serde(rename = "BOOKMARK")]
+    Bookmark(T),
+    /// The watch failed; a `Status`.
+    #[serde(rename = "ERROR")]
+    Error(WatchStatus),
+}
+
+/// The `Status` of a failed watch.
+#[derive(Debug, Default, Deserialize)]
+pub struct WatchStatus {
+    /// Its HTTP-like code (410: the resourceVersion is too old).
+    #[serde(default)]
+    pub code: u16,
+    /// Its message.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// An open WATCH: its events, as they arrive.
+pub struct Watch<'a, T> {
+    client: &'a Client,
+    resp: reqwest::Response,
+    pending: Vec<u8>,
+    path: String,
+    of: std::marker::PhantomData<T>,
+}
+
+impl<T: serde::de::DeserializeOwned> Watch<'_, T> {
+    /// The next event; `None` when the server ended the watch (resume from the last
+    /// resourceVersion seen).
+    pub fn next_event(&mut self) -> Result<Option<WatchEvent<T>>> {
+        loop {
+            if let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                return decode(&line, &self.path).map(Some);
+            }
+            let chunk = self.client.runtime.block_on(self.resp.chunk());
+            match chunk {
+                Ok(Some(bytes)) => self.pending.extend_from_slice(&bytes),
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    return Err(coded(
+                        Code::TryAgainLater,
+                        format!("WATCH {}: {}", self.path, error_chain(&e)),
+                    ));
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -189,7 +286,106 @@ impl Client {
             token: access.token.clone(),
             timeouts,
             multiplexed: AtomicBool::new(false),
+            observer: None,
         })
+    }
+
+    /// This client, telling `observer` of every request it makes.
+    pub fn observed(mut self, observer: Observer) -> Client {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// `LIST`s `path` (every page, 500 objects at a time) with `query` (selectors).
+    pub fn list<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &str,
+    ) -> Result<Listed<T>> {
+        let mut items = Vec::new();
+        let mut next = String::new();
+        loop {
+            let mut url = format!("{path}?limit=500&{query}");
+            if !next.is_empty() {
+                url.push_str("&continue=");
+                url.push_str(&next);
+            }
+            let body = match self.call(Method::GET, &url, None, FULL_BUDGET)? {
+                Reply::Ok(body) => body,
+                Reply::NotFound(s) => {
+                    return Err(coded(Code::Internal, format!("LIST {path}: {}", s.message)));
+                }
+            };
+            let page: ListPage<T> = decode(&body, path)?;
+            items.extend(page.items);
+            if page.metadata.next.is_empty() {
+                return Ok(Listed {
+                    items,
+                    resource_version: page.metadata.resource_version,
+                });
+            }
+            next = page.metadata.next;
+        }
+    }
+
+    /// Opens a `WATCH` of `path` with `query` from `resource_version`, with bookmarks; the
+    /// server ends it after about `timeout`. `Ok(None)`: 410 Gone, the resourceVersion is older
+    /// than the server keeps (list again).
+    pub fn watch<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &str,
+        resource_version: &str,
+        timeout: Duration,
+    ) -> Result<Option<Watch<'_, T>>> {
+        let url = format!(
+            "{}{path}?{query}&watch=1&allowWatchBookmarks=true&resourceVersion={resource_version}&timeoutSeconds={}",
+            self.server,
+            timeout.as_secs()
+        );
+        let mut req = self
+            .http
+            .get(&url)
+            .header("Accept", "application/json")
+            // The server ends the watch after `timeout`; this only catches a dead connection.
+            .timeout(timeout + Duration::from_secs(30));
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        // Sent inside the runtime: the request's timer is made when it is sent.
+        let sent = self.runtime.block_on(async { req.send().await });
+        self.observe(
+            &Method::GET,
+            path,
+            sent.as_ref().ok().map(|r| r.status().as_u16()),
+        );
+        let resp = sent.map_err(|e| {
+            coded(
+                Code::TryAgainLater,
+                format!("WATCH {path}: {}", error_chain(&e)),
+            )
+        })?;
+        match resp.status() {
+            StatusCode::GONE => Ok(None),
+            status if !status.is_success() => {
+                let body = self.runtime.block_on(resp.bytes()).unwrap_or_default();
+                Err(ApiStatus::from_body(status.as_u16(), &body).into_error(&Method::GET, path))
+            }
+            _ => Ok(Some(Watch {
+                client: self,
+                resp,
+                pending: Vec::new(),
+                path: path.to_string(),
+                of: std::marker::PhantomData,
+            })),
+        }
+    }
+
+    fn observe(&self, method: &Method, path: &str, status: Option<u16>) {
+        if let Some(observer) = &self.observer {
+            // The path without its query: the resource, not the selector.
+            observer(method, path.split('?').next().unwrap_or(path), status);
+        }
     }
 
     /// `GET` a pod; `Ok(None)` when it does not exist.
@@ -320,7 +516,13 @@ impl Client {
                     .body(bytes.clone());
             }
             let outcome = async {
-                let resp = req.send().await?;
+                let resp = req.send().await;
+                self.observe(
+                    &method,
+                    path,
+                    resp.as_ref().ok().map(|r| r.status().as_u16()),
+                );
+                let resp = resp?;
                 if resp.version() == reqwest::Version::HTTP_2 {
                     self.multiplexed.store(true, Ordering::Relaxed);
                 }

@@ -1,19 +1,16 @@
 //! The cluster as one call sees it: the seam between the flows and wherever pods and
-//! NetworkAttachmentDefinitions come from. The entry point decides how a call reaches the
-//! cluster ([`Reach`]) and passes it into the flows, which never look at the process
-//! environment themselves.
+//! NetworkAttachmentDefinitions come from. How a call reaches it is [`super::Reach`].
 //!
-//! Implementations of [`Cluster`]: the live API server ([`Client`]), NADs given by hand
-//! ([`Offline`], `explain --nad`), and the node daemon's watch cache to come.
+//! Implementations of [`Cluster`]: the live API server ([`Client`]), the node daemon asked
+//! over its socket ([`Asked`]), NADs given by hand ([`Offline`], `explain --nad`), and the
+//! daemon's own watch cache.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use serde_json::Value;
 
-use super::access::{Access, SERVICE_ACCOUNT_DIR};
-use super::client::{Client, Nad, NadReply, Patched, Pod, Timeouts};
+use super::client::{Client, Nad, NadReply, Patched, Pod};
 use crate::error::{Code, coded};
 
 /// What a call asks of the cluster and tells it.
@@ -116,98 +113,4 @@ fn offline(what: &str) -> anyhow::Error {
         Code::Internal,
         format!("offline: there is no API server to write {what} to"),
     )
-}
-
-/// The in-cluster environment of a pod's process (`KUBERNETES_SERVICE_HOST`/`_PORT`), as the
-/// entry point read it.
-#[derive(Debug, Clone, Default)]
-pub struct InCluster {
-    /// `KUBERNETES_SERVICE_HOST`.
-    pub host: Option<String>,
-    /// `KUBERNETES_SERVICE_PORT`.
-    pub port: Option<String>,
-}
-
-impl InCluster {
-    /// What this process's environment says.
-    pub fn from_env() -> InCluster {
-        let var = |k| std::env::var(k).ok();
-        InCluster {
-            host: var("KUBERNETES_SERVICE_HOST"),
-            port: var("KUBERNETES_SERVICE_PORT"),
-        }
-    }
-
-    fn get(&self, key: &str) -> Option<String> {
-        match key {
-            "KUBERNETES_SERVICE_HOST" => self.host.clone(),
-            "KUBERNETES_SERVICE_PORT" => self.port.clone(),
-            _ => None,
-        }
-    }
-}
-
-/// How one call reaches the cluster, as its entry point decided.
-pub enum Reach<'a> {
-    /// No Kubernetes: multihome's config alone.
-    Nowhere,
-    /// The API server, connected when a flow first needs it (a DEL from its record never
-    /// does): through `kubeconfig` when given, else the in-cluster service account.
-    Api {
-        /// multihome's `kubeconfig`.
-        kubeconfig: Option<PathBuf>,
-        /// The in-cluster environment, used without `kubeconfig`.
-        in_cluster: InCluster,
-        /// `apiTimeout`-style limits of every call.
-        timeouts: Timeouts,
-    },
-    /// A cluster the entry point already has (NADs given by hand; the daemon's cache).
-    Given(&'a dyn Cluster),
-}
-
-impl Reach<'_> {
-    /// The reach of a CNI call configured with `kubeconfig` in an `in_cluster` environment:
-    /// [`Reach::Nowhere`] when neither names an API server.
-    pub fn api(kubeconfig: Option<&Path>, in_cluster: InCluster, timeouts: Timeouts) -> Self {
-        let configured =
-            kubeconfig.is_some() || in_cluster.host.as_deref().is_some_and(|h| !h.is_empty());
-        if !configured {
-            return Reach::Nowhere;
-        }
-        Reach::Api {
-            kubeconfig: kubeconfig.map(Path::to_path_buf),
-            in_cluster,
-            timeouts,
-        }
-    }
-
-    /// Whether there is a cluster to ask at all (plain names may then be NADs).
-    pub fn configured(&self) -> bool {
-        !matches!(self, Reach::Nowhere)
-    }
-
-    /// The cluster, connected; `None` without one.
-    pub fn connect(&self) -> Result<Option<Box<dyn Cluster + '_>>> {
-        match self {
-            Reach::Nowhere => Ok(None),
-            Reach::Given(cluster) => Ok(Some(Box::new(*cluster))),
-            Reach::Api {
-                kubeconfig,
-                in_cluster,
-                timeouts,
-            } => {
-                let access = match kubeconfig {
-                    Some(path) => Access::from_kubeconfig(path)?,
-                    None => match Access::in_cluster(
-                        |k| in_cluster.get(k),
-                        SERVICE_ACCOUNT_DIR.as_ref(),
-                    )? {
-                        Some(a) => a,
-                        None => return Ok(None),
-                    },
-                };
-                Ok(Some(Box::new(Client::new(&access, *timeouts)?)))
-            }
-        }
-    }
 }

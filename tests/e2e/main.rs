@@ -424,6 +424,110 @@ impl Cluster {
             .collect()
     }
 
+    /// The node daemon's socket, as the node sees it at /run/multihome/daemon.sock.
+    fn daemon_socket(&self) -> PathBuf {
+        self.node.join("run/multihome/daemon.sock")
+    }
+
+    /// Runs `f` with the daemon's socket moved aside, as on a node without the daemon: the CNI
+    /// calls find no socket and read the API server themselves. The daemon keeps running.
+    fn without_daemon<T>(&self, f: impl FnOnce() -> T) -> T {
+        struct Back<'a>(&'a Cluster);
+        impl Drop for Back<'_> {
+            fn drop(&mut self) {
+                let socket = self.0.daemon_socket();
+                let _ = std::fs::rename(socket.with_extension("off"), socket);
+            }
+        }
+        let socket = self.daemon_socket();
+        std::fs::rename(&socket, socket.with_extension("off")).unwrap();
+        let _back = Back(self);
+        f()
+    }
+
+    /// The daemon's metrics, scraped from inside the node as Prometheus on it would.
+    fn metrics(&self) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "busybox", "wget", "-qO-"])
+            .arg("http://127.0.0.1:9391/metrics")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "scraping the daemon: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The PIDs of the node's `multihome daemon` processes: in the node's network namespace, so
+    /// only this cluster's.
+    fn daemon_pids(&self) -> Vec<i32> {
+        use std::os::unix::fs::MetadataExt;
+        let node_net = std::fs::metadata(format!("/run/netns/{}", self.netns))
+            .unwrap()
+            .ino();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let mut args = cmdline.split(|b| *b == 0);
+                let program = args.next().unwrap_or_default();
+                program.ends_with(b"multihome")
+                    && args.next() == Some(b"daemon".as_slice())
+                    && std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                        .is_ok_and(|m| m.ino() == node_net)
+            })
+            .collect()
+    }
+
+    /// Creates `pods` with one request and waits until every one is Running.
+    fn start_all(&self, pods: &[Value]) {
+        for p in pods {
+            let name = p["metadata"]["name"].as_str().unwrap();
+            self.kubectl_ok(&["delete", "pod", name, "--ignore-not-found", "--wait=true"]);
+        }
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": pods});
+        let out = self.kubectl(&["apply", "-f", "-"], Some(&list.to_string()));
+        assert!(out.status.success(), "creating the pods: {out:?}");
+        for p in pods {
+            self.wait_running(p["metadata"]["name"].as_str().unwrap());
+        }
+    }
+
+    /// Deletes `names` at once and waits until every IP they held on `networks` is released
+    /// and no record of theirs is left.
+    fn delete_all_released(&self, names: &[String], networks: &[&str]) {
+        let uids: Vec<String> = names
+            .iter()
+            .map(|n| self.pod(n)["metadata"]["uid"].as_str().unwrap().to_string())
+            .collect();
+        let ips: Vec<(String, String)> = names
+            .iter()
+            .flat_map(|n| self.status(n))
+            .filter_map(|s| {
+                let network = s["name"].as_str()?.rsplit('/').next()?.to_string();
+                let ip = s["ips"][0].as_str()?.to_string();
+                networks
+                    .contains(&network.as_str())
+                    .then_some((network, ip))
+            })
+            .collect();
+        let mut args = vec!["delete", "pod", "--wait=false"];
+        args.extend(names.iter().map(String::as_str));
+        self.kubectl_ok(&args);
+        for n in names {
+            self.wait_until(&format!("pod {n} is gone"), || self.pod(n).is_null());
+        }
+        for uid in &uids {
+            self.wait_until(&format!("the records of pod {uid} are removed"), || {
+                self.records_of(uid).is_empty()
+            });
+        }
+        for (network, ip) in &ips {
+            self.wait_until(&format!("{network} releases {ip}"), || {
+                !self.held_ips(network).contains(ip)
+            });
+        }
+    }
+
     /// multihome's records (in its default cniDir on the node) of the pod with `uid`.
     fn records_of(&self, uid: &str) -> Vec<PathBuf> {
         let Ok(entries) = std::fs::read_dir(self.node.join("cni-cache/multus")) else {
@@ -681,7 +785,7 @@ fn the_default_network_annotation_replaces_the_cluster_network() {
 /// What a pod start costs the real API server, from its audit log, and how long pods take to
 /// start with multihome against the bridge alone (printed: `cargo test --test e2e -- --nocapture`).
 #[test]
-fn a_pod_start_costs_the_api_server_seven_requests_from_multihome_at_once_where_they_can() {
+fn a_pod_start_reads_nothing_with_the_daemon_and_makes_seven_requests_at_once_without() {
     let c = cluster();
     // NADs of its own, so that other tests' requests are not counted.
     for (name, of) in [("counted-a", 0), ("counted-b", 1)] {
@@ -689,29 +793,46 @@ fn a_pod_start_costs_the_api_server_seven_requests_from_multihome_at_once_where_
         copy["metadata"]["name"] = json!(name);
         c.apply(&copy);
     }
+    let multihome = "system:serviceaccount:kube-system:multihome";
+    let networks = json!({NETWORKS: "counted-a, counted-b"});
+
+    // With the daemon: the pod and its NADs come from its cache, the status patch from its
+    // connection, the events after the pod started.
     let since = SystemTime::now();
-    c.start(&pod("counted", json!({NETWORKS: "counted-a, counted-b"})));
+    c.start(&pod("counted", networks.clone()));
+    c.wait_until("the pod's events are posted", || {
+        c.events("counted", "AddedInterface").len() == 3
+    });
+    let requests = c.requests_about(multihome, &["counted", "counted-a", "counted-b"], since);
+    let whats =
+        |requests: &[Request]| -> Vec<String> { requests.iter().map(|r| r.what.clone()).collect() };
+    let events = ["create events"; 3];
+    assert_eq!(
+        whats(&requests),
+        [&events[..], &["patch pods/status"]].concat(),
+        "multihome's requests for a pod with two NADs, with the daemon"
+    );
+    c.delete("counted");
+
+    // Without it, the call reads the API itself; over HTTP/2, which the API server offers, the
+    // requests that do not depend on each other are in its hands at once.
+    let since = SystemTime::now();
+    c.without_daemon(|| c.start(&pod("counted-direct", networks.clone())));
     let requests = c.requests_about(
-        "system:serviceaccount:kube-system:multihome",
-        &["counted", "counted-a", "counted-b"],
+        multihome,
+        &["counted-direct", "counted-a", "counted-b"],
         since,
     );
-    let what: Vec<&str> = requests.iter().map(|r| r.what.as_str()).collect();
+    let reads = [
+        "get network-attachment-definitions",
+        "get network-attachment-definitions",
+        "get pods",
+    ];
     assert_eq!(
-        what,
-        [
-            "create events",
-            "create events",
-            "create events",
-            "get network-attachment-definitions",
-            "get network-attachment-definitions",
-            "get pods",
-            "patch pods/status"
-        ],
-        "multihome's requests for a pod with two NADs"
+        whats(&requests),
+        [&events[..], &reads, &["patch pods/status"]].concat(),
+        "multihome's requests for a pod with two NADs, without the daemon"
     );
-    // Over HTTP/2, which the API server offers, the requests that do not depend on each other
-    // are in its hands at once.
     let of = |what: &str| -> Vec<&Request> { requests.iter().filter(|r| r.what == what).collect() };
     assert!(
         overlapping(&of("get network-attachment-definitions")),
@@ -721,13 +842,17 @@ fn a_pod_start_costs_the_api_server_seven_requests_from_multihome_at_once_where_
         overlapping(&of("create events")),
         "the events at once: {requests:#?}"
     );
-    c.delete("counted");
+    c.delete("counted-direct");
     let series = [
         ("the bridge alone, before multihome", c.bridge_alone.clone()),
         ("multihome, no NAD", c.start_series("plain", &json!({}))),
         (
-            "multihome, two NADs",
-            c.start_series("two-nads", &json!({NETWORKS: "counted-a, counted-b"})),
+            "multihome, two NADs, daemon",
+            c.start_series("two-nads", &networks),
+        ),
+        (
+            "multihome, two NADs, no daemon",
+            c.without_daemon(|| c.start_series("two-nads-direct", &networks)),
         ),
     ];
     println!("pod start ({SAMPLES} pods each, one after the other; median [all], ms):");
@@ -884,7 +1009,20 @@ fn the_api_stand_in_answers_as_the_real_server_does() {
                 event,
             ),
         ),
+        // What the daemon's reflectors ask.
+        ("LIST pods", get("/api/v1/pods?limit=500".into())),
+        (
+            "LIST NADs",
+            get("/apis/k8s.cni.cncf.io/v1/network-attachment-definitions?limit=500".into()),
+        ),
+        (
+            "WATCH from a compacted resourceVersion",
+            get(format!(
+                "{nads}?watch=1&allowWatchBookmarks=true&resourceVersion=1&timeoutSeconds=1"
+            )),
+        ),
     ];
+    stand_in.compact();
     let real_ca = work.join("pki/ca.crt");
     let real = |token: &str, (method, path, content_type, body): &(&str, String, &str, String)| {
         let request = (*method, path.as_str(), *content_type, body.as_str());
@@ -955,8 +1093,8 @@ fn multihome_may_do_exactly_what_it_needs_and_nothing_more() {
             .skip(1)
             .filter(|l| !l.starts_with(' '))
             .filter_map(|l| {
-                let words: Vec<&str> = l.split_whitespace().collect();
-                let (resource, verbs) = (words.first()?, words.last()?);
+                let resource = l.split_whitespace().next()?;
+                let verbs = &l[l.rfind('[')?..];
                 // Every authenticated user may ask what it may do (system:basic-user).
                 (!resource.starts_with("selfsubject")).then(|| format!("{resource} {verbs}"))
             })
@@ -966,8 +1104,8 @@ fn multihome_may_do_exactly_what_it_needs_and_nothing_more() {
             granted,
             [
                 "events [create]",
-                "network-attachment-definitions.k8s.cni.cncf.io [get]",
-                "pods [get]",
+                "network-attachment-definitions.k8s.cni.cncf.io [get list watch]",
+                "pods [get list watch]",
                 "pods/status [patch]"
             ],
             "in {namespace}"
@@ -1070,8 +1208,10 @@ fn without_the_nad_crd_pods_wait_and_start_once_it_is_back() {
 }
 
 /// The DaemonSet rolled to a new image (other bytes: the installer must replace the binary
-/// kubelet's runtime executes) while pods keep starting and stopping: every pod gets its
-/// networks and releases them, the node runs the new binary, then the old one again.
+/// kubelet's runtime executes; the daemon is replaced too, so pods started with the old daemon
+/// are deleted with the new one and the other way round) while pods keep starting and
+/// stopping: every pod gets its networks and releases them, the node runs the new binary, then
+/// the old one again.
 #[test]
 fn rolling_the_daemonset_to_a_new_image_while_pods_come_and_go() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -1108,6 +1248,7 @@ fn rolling_the_daemonset_to_a_new_image_while_pods_come_and_go() {
             "image",
             "daemonset/multihome",
             "install=localhost/multihome:next",
+            "daemon=localhost/multihome:next",
         ]);
         c.rolled_out();
         c.wait_until("the node runs the new binary", || {
@@ -1196,4 +1337,181 @@ fn a_rotated_token_is_followed_and_pods_keep_starting() {
     assert_eq!(c.attachments("rotated")[1], "default/bridge-net net1");
     c.delete("rotating");
     c.delete("rotated");
+}
+
+/// The node daemon's burst: 20 pods created at once, each with two NADs, all Running with their
+/// networks; the API server read nothing for them (no pod or NAD GET), and the daemon's metrics
+/// count every ADD.
+#[test]
+fn twenty_pods_at_once_with_the_daemon_read_nothing_and_are_counted() {
+    let c = cluster();
+    let adds = |text: &str| {
+        metric(
+            text,
+            "multihome_cni_request_duration_seconds_count{command=\"ADD\",result=\"success\"}",
+        )
+    };
+    let before = adds(&c.metrics());
+    let names: Vec<String> = (0..20).map(|i| format!("burst-{i}")).collect();
+    let pods: Vec<Value> = names
+        .iter()
+        .map(|n| pod(n, json!({NETWORKS: "macvlan-net, bridge-net"})))
+        .collect();
+    let since = SystemTime::now();
+    let started = Instant::now();
+    c.start_all(&pods);
+    println!(
+        "20 pods with two NADs each, created at once: all Running in {:?}",
+        started.elapsed()
+    );
+    for n in &names {
+        assert_eq!(c.attachments(n).len(), 3, "pod {n}'s network-status");
+    }
+    let mut refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    refs.extend(["macvlan-net", "bridge-net"]);
+    let requests = c.requests_about("system:serviceaccount:kube-system:multihome", &refs, since);
+    let reads: Vec<&Request> = requests
+        .iter()
+        .filter(|r| r.what.starts_with("get "))
+        .collect();
+    assert!(reads.is_empty(), "reads for the burst: {reads:#?}");
+    let patches = requests
+        .iter()
+        .filter(|r| r.what == "patch pods/status")
+        .count();
+    assert_eq!(patches, 20, "one status patch per pod");
+    // Reports reach the daemon after each call returned: give them a moment.
+    c.wait_until("the daemon counted 20 more ADDs", || {
+        adds(&c.metrics()) >= before + 20.0
+    });
+    let text = c.metrics();
+    assert_eq!(
+        metric(
+            &text,
+            "multihome_cache_objects{resource=\"network-attachment-definitions\"}"
+        ) >= 2.0,
+        true,
+        "{text}"
+    );
+    c.delete_all_released(&names, &["macvlan-net", "bridge-net"]);
+}
+
+/// The daemon killed (SIGKILL) while 12 pods start: every pod starts (the calls that find it
+/// gone read the API themselves), kubelet restarts it, and deleting the pods while it restarts
+/// again releases everything: no DEL ever needs it.
+#[test]
+fn the_daemon_killed_in_a_burst_and_restarted_while_pods_go_loses_nothing() {
+    let c = cluster();
+    let names: Vec<String> = (0..12).map(|i| format!("killed-{i}")).collect();
+    let pods: Vec<Value> = names
+        .iter()
+        .map(|n| pod(n, json!({NETWORKS: "bridge-net"})))
+        .collect();
+    let killer = std::thread::spawn(move || {
+        let c = cluster();
+        std::thread::sleep(Duration::from_millis(700));
+        let pids = c.daemon_pids();
+        assert_eq!(pids.len(), 1, "one daemon on the node: {pids:?}");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pids[0]),
+            nix::sys::signal::SIGKILL,
+        )
+        .unwrap();
+        pids[0]
+    });
+    c.start_all(&pods);
+    let killed = killer.join().unwrap();
+    for n in &names {
+        assert_eq!(c.attachments(n).len(), 2, "pod {n}'s network-status");
+    }
+    c.wait_until("kubelet restarts the daemon", || {
+        c.daemon_pids().iter().any(|p| *p != killed)
+    });
+    c.rolled_out();
+    // Stopped again while the pods are deleted: their DELs run from multihome's records.
+    let pids = c.daemon_pids();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0]),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
+    c.delete_all_released(&names, &["bridge-net"]);
+    c.wait_until("the daemon is back", || !c.daemon_pids().is_empty());
+    c.rolled_out();
+}
+
+/// The value of the sample `series` (name and labels, as the text format writes them); 0 when
+/// absent.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The API server restarted under the daemon: its watches break (and one resumed from before
+/// may find its resourceVersion too old); it resumes or lists again, serves again, and a NAD
+/// created after the restart comes from its cache to the next pod: no reads.
+#[test]
+fn the_daemon_lists_again_after_the_api_server_restarts_and_serves_from_memory() {
+    let c = cluster();
+    let nad_watch = |text: &str| {
+        metric(
+            text,
+            "multihome_watch_relists_total{resource=\"network-attachment-definitions\"}",
+        ) + metric(
+            text,
+            "multihome_watch_restarts_total{resource=\"network-attachment-definitions\"}",
+        )
+    };
+    let before = nad_watch(&c.metrics());
+    let status = Command::new("scripts/cluster.sh")
+        .arg("restart-apiserver")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut late = nads()[1].clone();
+    late["metadata"]["name"] = json!("late-net");
+    c.apply(&late);
+    let nads_now = c
+        .kubectl_ok(&[
+            "get",
+            "network-attachment-definitions",
+            "-A",
+            "--no-headers",
+        ])
+        .lines()
+        .count() as f64;
+    c.wait_until(
+        "the daemon's NAD watch broke and came back with every NAD",
+        || {
+            let text = c.metrics();
+            nad_watch(&text) > before
+                && metric(
+                    &text,
+                    "multihome_cache_objects{resource=\"network-attachment-definitions\"}",
+                ) == nads_now
+        },
+    );
+    println!(
+        "after the restart: {}",
+        c.metrics()
+            .lines()
+            .filter(|l| l.starts_with("multihome_watch_"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let since = SystemTime::now();
+    c.start(&pod("after-restart", json!({NETWORKS: "late-net"})));
+    assert_eq!(c.attachments("after-restart").len(), 2);
+    let requests = c.requests_about(
+        "system:serviceaccount:kube-system:multihome",
+        &["after-restart", "late-net"],
+        since,
+    );
+    let reads: Vec<&Request> = requests
+        .iter()
+        .filter(|r| r.what.starts_with("get "))
+        .collect();
+    assert!(reads.is_empty(), "reads after the restart: {reads:#?}");
+    c.delete("after-restart");
 }
