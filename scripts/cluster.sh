@@ -309,6 +309,10 @@ EOF
         mount --bind '$n/sysctl/overcommit_memory' /proc/sys/vm/overcommit_memory
         mount --bind '$n/sysctl/panic' /proc/sys/kernel/panic
         mount --bind '$n/sysctl/panic_on_oops' /proc/sys/kernel/panic_on_oops
+        # Shared within the node's own mount namespace (its mounts are no peers of the
+        # machine's), as on a node run by systemd: the network namespaces containerd mounts later
+        # reach the containers that mount the node's root (the node daemon's hot-plug).
+        mount --make-rshared /
         touch '$n/run/.ready'
         exec sleep infinity"
     wait_for 10 test -e "$n/run/.ready"

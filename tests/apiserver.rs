@@ -293,6 +293,19 @@ impl ApiServer {
         uid
     }
 
+    /// Sets the pod's `annotations` (the others stay, as with `kubectl annotate
+    /// --overwrite`): a new resourceVersion, so watches see it.
+    pub fn set_annotations(&self, namespace: &str, name: &str, annotations: Value) {
+        let mut st = self.state.lock().unwrap();
+        let rv = Self::next_rv(&mut st);
+        let pod = st
+            .pods
+            .get_mut(&(namespace.to_string(), name.to_string()))
+            .unwrap();
+        merge_patch(&mut pod["metadata"]["annotations"], &annotations);
+        pod["metadata"]["resourceVersion"] = json!(rv);
+    }
+
     /// Adds a NetworkAttachmentDefinition with `config` as `spec.config` (None: empty spec).
     pub fn add_nad(&self, namespace: &str, name: &str, config: Option<&Value>, annotations: Value) {
         let mut st = self.state.lock().unwrap();
@@ -365,10 +378,12 @@ impl ApiServer {
         self.state.lock().unwrap().watch_generation += 1;
     }
 
-    /// Compacts history: a watch from a resourceVersion before now gets 410 Gone.
+    /// Compacts history: the resourceVersion moves on (as other writes would move it), and a
+    /// watch from one before it gets 410 Gone; a list gives the new one.
     pub fn compact(&self) {
         let mut st = self.state.lock().unwrap();
-        st.compacted_below = st.resource_version + 1;
+        st.resource_version += 1;
+        st.compacted_below = st.resource_version;
     }
 
     pub fn uninstall_crd(&self) {

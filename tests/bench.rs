@@ -867,7 +867,14 @@ fn main() -> ExitCode {
                 }
             )
         };
-        println!("{}:", series.label());
+        if series == Series::Daemon {
+            println!(
+                "{}: (the daemon posts the events after ADD returned: some land in the DEL's count)",
+                series.label()
+            );
+        } else {
+            println!("{}:", series.label());
+        }
         println!("  API requests per ADD: {}", per(&s.requests_add));
         println!("  API requests per DEL: {}", per(&s.requests_del));
         println!(

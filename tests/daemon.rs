@@ -28,6 +28,10 @@ struct Daemon {
 
 impl Daemon {
     fn start(k: &Kube) -> Daemon {
+        Self::start_with(k, &[])
+    }
+
+    fn start_with(k: &Kube, extra: &[&str]) -> Daemon {
         let socket = k.w.dir.join("run/multihome/daemon.sock");
         let kubeconfig = k.kubeconfig(crate::kubernetes::Auth::Token);
         let child = Command::new("ip")
@@ -43,6 +47,7 @@ impl Daemon {
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .arg(format!("--metrics-address=127.0.0.1:{METRICS_PORT}"))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -245,6 +250,10 @@ fn the_daemon_resumes_a_broken_watch_and_lists_again_after_410_gone() {
         d.metric("multihome_cache_objects{resource=\"network-attachment-definitions\"}") == 4.0
     });
     let uid = k.pod("late-pod", json!({NETWORKS: "late"}));
+    // Started once its watch event is in (a pod faster than that is read live, once).
+    wait_until("the daemon has the pod", || {
+        d.metric("multihome_cache_objects{resource=\"pods\"}") == 1.0
+    });
     k.api.take_requests();
     let conf = conf(&k, &d.socket);
     k.run("ADD", &conf, "late-pod", &uid).success();
@@ -333,4 +342,107 @@ fn a_call_reads_the_api_itself_when_the_daemon_is_gone_dead_unready_foreign_stuc
         k.run("DEL", &conf, "web", &uid).success();
         k.assert_clean();
     }
+}
+
+/// Hot-plug: the networks annotation of a running pod changed; the daemon adds and removes its
+/// interfaces from multihome's record, as an ADD of the new annotation would have made them,
+/// and network-status and events follow. A NAD that does not exist changes nothing and is an
+/// event; the pod's DEL then releases everything, what hot-plug added included.
+#[test]
+fn hot_plug_follows_the_networks_annotation_of_a_running_pod() {
+    let k = Kube::new("dmplug");
+    let uid = k.pod("web", json!({NETWORKS: "macvlan-net@storage0"}));
+    let conf_file = k.w.dir.join("multihome.conf");
+    let d = Daemon::start(&k);
+    let conf = conf(&k, &d.socket);
+    crate::harness::write_json(&conf_file, &conf);
+    drop(d);
+    let d = Daemon::start_with(&k, &["--config", conf_file.to_str().unwrap()]);
+    d.wait_ready();
+    k.run("ADD", &conf, "web", &uid).success();
+    assert_eq!(k.w.pod.links(), ["eth0", "storage0"]);
+    let interfaces = |k: &Kube| -> Vec<String> {
+        k.status("web")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {}",
+                    s["interface"].as_str().unwrap(),
+                    s["name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+
+    // Added.
+    k.api.set_annotations(
+        NS,
+        "web",
+        json!({NETWORKS: "macvlan-net@storage0, ptp-net"}),
+    );
+    wait_until("net2 appears", || {
+        k.w.pod.links() == ["eth0", "net2", "storage0"]
+    });
+    wait_until("network-status follows", || interfaces(&k).len() == 3);
+    assert_eq!(
+        interfaces(&k),
+        [
+            "eth0 cluster",
+            "storage0 pods/macvlan-net",
+            "net2 pods/ptp-net"
+        ]
+    );
+    let reasons = |k: &Kube| -> Vec<String> {
+        k.api
+            .events()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["reason"].as_str().unwrap(),
+                    e["message"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    wait_until("an AddedInterface event for net2", || {
+        reasons(&k)
+            .iter()
+            .any(|r| r.starts_with("AddedInterface Add net2 "))
+    });
+
+    // A NAD that does not exist: nothing changes, and the pod hears why.
+    k.api.set_annotations(
+        NS,
+        "web",
+        json!({NETWORKS: "macvlan-net@storage0, ptp-net, absent-net"}),
+    );
+    wait_until("a NetworkChangeFailed event naming the NAD", || {
+        reasons(&k)
+            .iter()
+            .any(|r| r.starts_with("NetworkChangeFailed") && r.contains("absent-net"))
+    });
+    assert_eq!(k.w.pod.links(), ["eth0", "net2", "storage0"]);
+
+    // Removed: the pod ends as an ADD of the annotation would have left it.
+    k.api
+        .set_annotations(NS, "web", json!({NETWORKS: "ptp-net"}));
+    wait_until("storage0 is gone", || k.w.pod.links() == ["eth0", "net1"]);
+    wait_until("network-status follows", || {
+        interfaces(&k) == ["eth0 cluster", "net1 pods/ptp-net"]
+    });
+    // Events follow network-status.
+    wait_until("a RemovedInterface event for storage0", || {
+        reasons(&k)
+            .iter()
+            .any(|r| r.starts_with("RemovedInterface Remove storage0 (pods/macvlan-net)"))
+    });
+    let ok = "multihome_hotplug_operations_total{result=\"ok\"}";
+    wait_until("the daemon counts both changes", || d.metric(ok) >= 2.0);
+
+    // The pod's DEL releases what hot-plug added too.
+    k.run("DEL", &conf, "web", &uid).success();
+    k.assert_clean();
 }

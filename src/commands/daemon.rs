@@ -19,8 +19,9 @@ use crate::logfile::LogOptions;
 
 pub(super) const HELP: &str = "\
 The node daemon: keeps its node's pods and every NetworkAttachmentDefinition in memory (LIST +
-WATCH), answers the CNI calls of its node over a unix socket, and serves Prometheus metrics. A
-CNI call that finds no daemon, or an unready or slow one, reads the API server itself.
+WATCH), answers the CNI calls of its node over a unix socket, brings a running pod's changed
+networks annotation about in the pod (hot-plug), and serves Prometheus metrics. A CNI call that
+finds no daemon, or an unready or slow one, reads the API server itself.
 
 Usage: multihome daemon [OPTIONS]
 
@@ -33,6 +34,13 @@ Options:
       --kubeconfig FILE       Reach the API server through FILE [default: the in-cluster
                               service account]
       --drain-seconds N       How long SIGTERM waits for requests in progress [default: 5]
+      --hotplug[=BOOL]        Bring a running pod's changed networks annotation about in the pod
+                              (needs the privileges of a CNI plugin) [default: true]
+      --config FILE           multihome's config, for hot-plug [default: the first config in
+                              /etc/cni/net.d, as a runtime picks it]
+      --host-root DIR         The node's root as mounted in this container: the daemon enters it
+                              (chroot) after opening its service account, so that paths are the
+                              node's [default: run where it is]
       --log-level LEVEL       debug, verbose, error or panic [default: verbose]
   -h, --help                  Print help
 ";
@@ -45,6 +53,9 @@ pub struct Args {
     kubeconfig: Option<PathBuf>,
     drain: Duration,
     log_level: LogLevel,
+    hotplug: bool,
+    config: Option<PathBuf>,
+    host_root: Option<PathBuf>,
 }
 
 impl Args {
@@ -57,6 +68,9 @@ impl Args {
             kubeconfig: None,
             drain: Duration::from_secs(5),
             log_level: LogLevel::Verbose,
+            hotplug: true,
+            config: None,
+            host_root: None,
         };
         let run = cli::options(p, HELP, |name, p| {
             match name {
@@ -71,6 +85,9 @@ impl Args {
                 }
                 "kubeconfig" => args.kubeconfig = Some(cli::path(p)?),
                 "drain-seconds" => args.drain = Duration::from_secs(cli::seconds(p, name)?),
+                "hotplug" => args.hotplug = cli::flag(p, name)?,
+                "config" => args.config = Some(cli::path(p)?),
+                "host-root" => args.host_root = Some(cli::path(p)?),
                 "log-level" => {
                     let s = cli::string(p)?;
                     args.log_level = LogLevel::parse(&s).with_context(|| {
@@ -105,6 +122,9 @@ pub fn daemon(args: Args) -> Result<ExitCode> {
         in_cluster: InCluster::from_env(),
         timeouts: Timeouts::default(),
         drain: args.drain,
+        hotplug: args.hotplug,
+        config: args.config,
+        host_root: args.host_root,
     };
     daemon::run(&opts, || {
         let signal = signals.wait().context("waiting for a signal")?;

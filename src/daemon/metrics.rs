@@ -32,6 +32,7 @@ pub struct Metrics {
     relists: Counters<1>,
     cache_objects: Gauges,
     cache_age: Gauges,
+    hotplugs: Counters<1>,
 }
 
 fn cni_buckets() -> Histogram {
@@ -53,6 +54,7 @@ impl Default for Metrics {
             relists: Counters::default(),
             cache_objects: Gauges::default(),
             cache_age: Gauges::default(),
+            hotplugs: Counters::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -94,6 +96,11 @@ impl Default for Metrics {
             "watch_relists",
             "Lists of a resource (the first one, and each after a watch expired or kept failing)",
             m.relists.clone(),
+        );
+        r.register(
+            "hotplug_operations",
+            "Hot-plug changes of pods' networks, by result (ok, retry, error)",
+            m.hotplugs.clone(),
         );
         r.register(
             "cache_objects",
@@ -159,6 +166,13 @@ impl Metrics {
                 ("resource", resource_of(path)),
                 ("code", code),
             ])
+            .inc();
+    }
+
+    /// A hot-plug change ended with `result`.
+    pub fn hotplug(&self, result: &str) {
+        self.hotplugs
+            .get_or_create(&[("result", result.to_string())])
             .inc();
     }
 

@@ -13,9 +13,11 @@
 //! - [`reflector`]: LIST + WATCH of one resource into it;
 //! - [`api`]: the API connection, renewed as credentials rotate;
 //! - [`server`]: the socket, and [`server::Served`], the daemon's `k8s::Cluster`;
+//! - [`hotplug`]: a pod's changed networks annotation brought about in the pod;
 //! - [`metrics`]: the metrics and the HTTP endpoint with the probes.
 
 pub mod api;
+pub mod hotplug;
 pub mod metrics;
 pub mod reflector;
 pub mod server;
@@ -30,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use crate::k8s::access::SERVICE_ACCOUNT_DIR;
 use crate::k8s::{InCluster, Nad, Pod, Timeouts};
 use api::Api;
 use metrics::{Figures, Metrics};
@@ -54,6 +57,14 @@ pub struct Options {
     pub timeouts: Timeouts,
     /// How long SIGTERM waits for the work in progress.
     pub drain: Duration,
+    /// Hot-plug of changed networks annotations into running pods.
+    pub hotplug: bool,
+    /// multihome's config, for hot-plug (`None`: the one a runtime would use).
+    pub config: Option<PathBuf>,
+    /// The node's root as mounted in the daemon's container: the daemon enters it (chroot) so
+    /// that hot-plug's delegates find the node's plugins, libraries, records and network
+    /// namespaces where the runtime's CNI calls find them.
+    pub host_root: Option<PathBuf>,
 }
 
 /// The daemon's state, shared by its threads.
@@ -90,17 +101,18 @@ impl Daemon {
 
 /// Runs the daemon until `stop` returns (a signal came), then drains.
 pub fn run(opts: &Options, stop: impl FnOnce() -> Result<String>) -> Result<()> {
+    let mut in_cluster = opts.in_cluster.clone();
+    // Kept open for the life of the daemon: its token is read anew through it as it rotates.
+    let _service_account = match &opts.host_root {
+        Some(root) => Some(enter(root, &mut in_cluster)?),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::default());
     let observer = {
         let metrics = Arc::clone(&metrics);
         Arc::new(move |m: &reqwest::Method, p: &str, s: Option<u16>| metrics.api_request(m, p, s))
     };
-    let api = Api::new(
-        opts.kubeconfig.clone(),
-        opts.in_cluster.clone(),
-        opts.timeouts,
-        observer,
-    )?;
+    let api = Api::new(opts.kubeconfig.clone(), in_cluster, opts.timeouts, observer)?;
     let daemon = Arc::new(Daemon {
         api,
         pods: RwLock::default(),
@@ -118,11 +130,26 @@ pub fn run(opts: &Options, stop: impl FnOnce() -> Result<String>) -> Result<()> 
         path: "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions".into(),
         query: String::new(),
     };
+    let (jobs, queue) = std::sync::mpsc::channel::<hotplug::Job>();
+    if opts.hotplug {
+        let (d, config) = (Arc::clone(&daemon), opts.config.clone());
+        let again = jobs.clone();
+        std::thread::spawn(move || hotplug::work(&d, config, queue, again));
+    }
     {
         let d = Arc::clone(&daemon);
-        std::thread::spawn(move || reflector::run(&d.api, &pods, &d.pods, &d.metrics));
+        let hotplug = opts.hotplug;
+        std::thread::spawn(move || {
+            // Without a worker the jobs are dropped unread.
+            let changed = |pod| {
+                if hotplug {
+                    let _ = jobs.send(hotplug::Job::new(pod));
+                }
+            };
+            reflector::run(&d.api, &pods, &d.pods, &d.metrics, &changed)
+        });
         let d = Arc::clone(&daemon);
-        std::thread::spawn(move || reflector::run(&d.api, &nads, &d.nads, &d.metrics));
+        std::thread::spawn(move || reflector::run(&d.api, &nads, &d.nads, &d.metrics, &|_| {}));
     }
     if let Some(addr) = opts.metrics {
         let listener = TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
@@ -156,6 +183,20 @@ pub fn run(opts: &Options, stop: impl FnOnce() -> Result<String>) -> Result<()> 
         n => log::warn!("{n} request(s) still in progress after {:?}", opts.drain),
     }
     Ok(())
+}
+
+/// Enters the node's root `root` (chroot), keeping the container's service-account directory
+/// open first and pointing `in_cluster` at it through /proc (the node's).
+fn enter(root: &Path, in_cluster: &mut InCluster) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::File::open(SERVICE_ACCOUNT_DIR)
+        .with_context(|| format!("opening {SERVICE_ACCOUNT_DIR}"))?;
+    nix::unistd::chroot(root)
+        .with_context(|| format!("entering the node's root {}", root.display()))?;
+    std::env::set_current_dir("/").context("entering /")?;
+    in_cluster.service_account_dir = Some(format!("/proc/self/fd/{}", dir.as_raw_fd()).into());
+    log::info!("entered the node's root {}", root.display());
+    Ok(dir)
 }
 
 /// Binds the socket: its directory 0700, the socket 0600 before it is in place (bound under a

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use super::api::Api;
 use super::metrics::Metrics;
-use super::store::{Cached, Objects};
+use super::store::{Cached, Key, Objects};
 use crate::k8s::WatchEvent;
 
 /// How long the server keeps one watch open before the reflector resumes it.
@@ -39,12 +39,14 @@ enum Ended {
     Expired,
 }
 
-/// Keeps `objects` current, forever.
+/// Keeps `objects` current, forever, telling `changed` of every object whose
+/// [`Cached::plugs`] changed.
 pub fn run<T: Cached + DeserializeOwned>(
     api: &Api,
     resource: &Resource,
     objects: &RwLock<Objects<T>>,
     metrics: &Metrics,
+    changed: &dyn Fn(Key),
 ) -> ! {
     let mut backoff = BACKOFF.0;
     let fail = |what: &str, e: &anyhow::Error, backoff: &mut Duration| {
@@ -63,7 +65,8 @@ pub fn run<T: Cached + DeserializeOwned>(
                     listed.items.len(),
                     listed.resource_version
                 );
-                write(objects).replace(listed);
+                let plugged = write(objects).replace(listed);
+                plugged.into_iter().for_each(changed);
             }
             Err(e) => {
                 fail("list", &e, &mut backoff);
@@ -72,7 +75,7 @@ pub fn run<T: Cached + DeserializeOwned>(
         }
         let mut failed = 0;
         while failed < RESUMES {
-            match watch(api, resource, objects) {
+            match watch(api, resource, objects, changed) {
                 Ok(Ended::Closed) => {
                     failed = 0;
                     backoff = BACKOFF.0;
@@ -96,6 +99,7 @@ fn watch<T: Cached + DeserializeOwned>(
     api: &Api,
     resource: &Resource,
     objects: &RwLock<Objects<T>>,
+    changed: &dyn Fn(Key),
 ) -> Result<Ended> {
     let client = api.client();
     let from = read(objects).resource_version.clone();
@@ -115,7 +119,11 @@ fn watch<T: Cached + DeserializeOwned>(
             Some(WatchEvent::Error(status)) => {
                 anyhow::bail!("error event {}: {}", status.code, status.message)
             }
-            Some(event) => write(objects).apply(event),
+            Some(event) => {
+                // Told after the cache has the change, so that the hot-plug reads it.
+                let plugged = write(objects).apply(event);
+                plugged.into_iter().for_each(changed);
+            }
         }
     }
 }

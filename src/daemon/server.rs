@@ -74,17 +74,16 @@ impl InFlight {
     pub fn count(&self) -> usize {
         self.count.load(Ordering::SeqCst)
     }
+
+    /// One piece of work in progress, for as long as the guard lives.
+    pub fn busy(&self) -> Busy<'_> {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        Busy(self)
+    }
 }
 
 /// Counts one piece of work in progress while it lives.
-struct Busy<'a>(&'a InFlight);
-
-impl<'a> Busy<'a> {
-    fn start(f: &'a InFlight) -> Busy<'a> {
-        f.count.fetch_add(1, Ordering::SeqCst);
-        Busy(f)
-    }
-}
+pub struct Busy<'a>(&'a InFlight);
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
@@ -105,7 +104,7 @@ pub fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
         }
         let daemon = Arc::clone(&daemon);
         std::thread::spawn(move || {
-            let _busy = Busy::start(&daemon.in_flight);
+            let _busy = daemon.in_flight.busy();
             if let Err(e) = connection(stream, &daemon) {
                 log::debug!("socket connection: {e}");
             }
@@ -188,7 +187,7 @@ fn reply<T>(daemon: &Daemon, op: &str, outcome: Result<T>, ok: fn(T) -> Reply) -
 fn post_events(daemon: &Arc<Daemon>, namespace: String, events: Vec<Value>) {
     let daemon = Arc::clone(daemon);
     std::thread::spawn(move || {
-        let _busy = Busy::start(&daemon.in_flight);
+        let _busy = daemon.in_flight.busy();
         let sent = Served(&daemon).create_events(&namespace, &events);
         let ok = sent.iter().all(Result::is_ok);
         for e in sent.into_iter().filter_map(Result::err) {

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use crate::annotations;
 use crate::k8s::client::ObjectMeta;
 use crate::k8s::{Listed, Nad, Pod, WatchEvent};
 
@@ -15,11 +16,23 @@ pub type Key = (String, String);
 pub trait Cached {
     /// Its metadata.
     fn meta(&self) -> &ObjectMeta;
+
+    /// What of it, when it changes, makes it worth a hot-plug: a pod's networks annotation.
+    fn plugs(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl Cached for Pod {
     fn meta(&self) -> &ObjectMeta {
         &self.metadata
+    }
+
+    fn plugs(&self) -> Option<&str> {
+        self.metadata
+            .annotations
+            .get(annotations::NETWORKS)
+            .map(String::as_str)
     }
 }
 
@@ -61,25 +74,47 @@ fn key(meta: &ObjectMeta) -> Key {
 }
 
 impl<T: Cached> Objects<T> {
-    /// Replaces everything with a fresh list.
-    pub fn replace(&mut self, listed: Listed<T>) {
-        self.items = listed
+    /// Replaces everything with a fresh list; returns the objects that were there before and
+    /// whose [`Cached::plugs`] changed meanwhile.
+    pub fn replace(&mut self, listed: Listed<T>) -> Vec<Key> {
+        let items: HashMap<Key, T> = listed
             .items
             .into_iter()
             .map(|o| (key(o.meta()), o))
             .collect();
+        let changed = items
+            .iter()
+            .filter(|(k, o)| {
+                self.items
+                    .get(*k)
+                    .is_some_and(|old| old.plugs() != o.plugs())
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.items = items;
         self.resource_version = listed.resource_version;
         self.listed = true;
         self.seen();
+        changed
     }
 
-    /// Applies one event of the watch. An error event changes nothing here: the reflector
-    /// decides what it means.
-    pub fn apply(&mut self, event: WatchEvent<T>) {
+    /// Applies one event of the watch; returns the object when it was there before and its
+    /// [`Cached::plugs`] changed. An error event changes nothing here: the reflector decides
+    /// what it means.
+    pub fn apply(&mut self, event: WatchEvent<T>) -> Option<Key> {
+        let mut changed = None;
         let rv = match event {
             WatchEvent::Added(o) | WatchEvent::Modified(o) => {
                 let rv = o.meta().resource_version.clone();
-                self.items.insert(key(o.meta()), o);
+                let k = key(o.meta());
+                if self
+                    .items
+                    .get(&k)
+                    .is_some_and(|old| old.plugs() != o.plugs())
+                {
+                    changed = Some(k.clone());
+                }
+                self.items.insert(k, o);
                 rv
             }
             WatchEvent::Deleted(o) => {
@@ -87,12 +122,13 @@ impl<T: Cached> Objects<T> {
                 o.meta().resource_version.clone()
             }
             WatchEvent::Bookmark(o) => o.meta().resource_version.clone(),
-            WatchEvent::Error(_) => return,
+            WatchEvent::Error(_) => return None,
         };
         if !rv.is_empty() {
             self.resource_version = rv;
         }
         self.seen();
+        changed
     }
 
     /// The watch is established, or ended in order: what the cache holds is current.
@@ -139,9 +175,22 @@ mod tests {
         });
         assert!(o.ready());
         assert_eq!(o.resource_version, "10");
-        o.apply(WatchEvent::Modified(pod("a", "11", "n2")));
-        o.apply(WatchEvent::Deleted(pod("b", "12", "n1")));
-        o.apply(WatchEvent::Added(pod("c", "13", "n3")));
+        let a = ("ns".to_string(), "a".to_string());
+        assert_eq!(
+            o.apply(WatchEvent::Modified(pod("a", "11", "n2"))),
+            Some(a.clone())
+        );
+        assert_eq!(
+            o.apply(WatchEvent::Modified(pod("a", "11", "n2"))),
+            None,
+            "the same networks"
+        );
+        assert_eq!(o.apply(WatchEvent::Deleted(pod("b", "12", "n1"))), None);
+        assert_eq!(
+            o.apply(WatchEvent::Added(pod("c", "13", "n3"))),
+            None,
+            "a new pod is ADD's"
+        );
         assert_eq!(networks(&o, "a").as_deref(), Some("n2"));
         assert_eq!(networks(&o, "b"), None);
         assert_eq!(networks(&o, "c").as_deref(), Some("n3"));
@@ -163,12 +212,17 @@ mod tests {
         // A relist replaces everything, dropping what was deleted while nobody watched.
         o.failing = true;
         assert!(!o.ready(), "a failing watch is not served from");
-        o.replace(Listed {
-            items: vec![pod("c", "30", "n4")],
+        let changed = o.replace(Listed {
+            items: vec![pod("c", "30", "n4"), pod("d", "30", "n1")],
             resource_version: "31".into(),
         });
+        assert_eq!(
+            changed,
+            [("ns".to_string(), "c".to_string())],
+            "changed while unwatched"
+        );
         assert!(o.ready());
-        assert_eq!(o.items.len(), 1);
+        assert_eq!(o.items.len(), 2);
         assert_eq!(networks(&o, "c").as_deref(), Some("n4"));
         assert_eq!(o.resource_version, "31");
     }

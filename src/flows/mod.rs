@@ -6,12 +6,14 @@
 //! order, reports to Kubernetes, and rolls back on any failure. DEL works from the record, in
 //! reverse, best effort, idempotently, without the API. CHECK re-checks every delegate against
 //! its recorded result. GC tears down what the runtime no longer knows and forwards GC to the
-//! delegates; STATUS says whether an ADD can be served.
+//! delegates; STATUS says whether an ADD can be served. Hot-plug brings a running pod's
+//! attachments in line with its changed networks annotation (the node daemon calls it).
 
 mod add;
 mod check;
 mod del;
 mod gc;
+mod hotplug;
 mod report;
 mod status;
 
@@ -20,6 +22,7 @@ pub(crate) use add::check_binaries;
 pub use check::check;
 pub use del::del;
 pub use gc::gc;
+pub use hotplug::{Plugged, hotplug};
 pub use status::status;
 
 use anyhow::Result;

@@ -1,5 +1,5 @@
 //! Telling Kubernetes what was attached: the pod's `k8s.v1.cni.cncf.io/network-status`
-//! annotation and an `AddedInterface` event per attachment.
+//! annotation and an event per attachment added (or, by hot-plug, removed).
 
 use std::time::SystemTime;
 
@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use crate::annotations::{self, StatusInput};
-use crate::cache::Record;
+use crate::cache::{CachedAttachment, Record};
 use crate::cni::result::convert;
 use crate::cni::version::Version;
 use crate::invocation::resolve::Kube;
@@ -77,6 +77,46 @@ pub(crate) fn report_status(kube: &Kube<'_>, record: &Record) -> Result<()> {
 /// An `AddedInterface` event per attachment, at once where the cluster can take them so. Best
 /// effort: an event failing never fails ADD.
 pub(crate) fn send_events(kube: &Kube<'_>, record: &Record) {
+    let added = record.attachments.iter().map(added).collect();
+    announce(kube, added);
+}
+
+/// What an `AddedInterface` event says of an attachment.
+pub(crate) fn added(a: &CachedAttachment) -> Note {
+    let ips: Vec<&str> = a
+        .result
+        .as_ref()
+        .and_then(|r| r.get("ips"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip.get("address").and_then(Value::as_str))
+        .collect();
+    Note {
+        reason: "AddedInterface",
+        warning: false,
+        message: format!(
+            "Add {} [{}] from {}",
+            a.attachment.ifname,
+            ips.join(", "),
+            a.attachment.name
+        ),
+    }
+}
+
+/// One event to tell of the pod.
+pub(crate) struct Note {
+    /// `AddedInterface`, ...
+    pub(crate) reason: &'static str,
+    /// A `Warning` (else `Normal`).
+    pub(crate) warning: bool,
+    /// What happened.
+    pub(crate) message: String,
+}
+
+/// Posts `notes` as events of the pod, at once where the cluster can take them so. Best effort:
+/// a failed event is logged.
+pub(crate) fn announce(kube: &Kube<'_>, notes: Vec<Note>) {
     let (Some(pod), Some(r)) = (&kube.pod, &kube.pod_ref) else {
         return;
     };
@@ -84,36 +124,40 @@ pub(crate) fn send_events(kube: &Kube<'_>, record: &Record) {
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let mut events = Vec::with_capacity(record.attachments.len());
-    for (i, a) in record.attachments.iter().enumerate() {
-        let ips: Vec<&str> = a
-            .result
-            .as_ref()
-            .and_then(|r| r.get("ips"))
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|ip| ip.get("address").and_then(Value::as_str))
-            .collect();
-        events.push(json!({
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": format!("{}.{:x}", r.name, nanos + i as u128), "namespace": r.namespace},
-            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": r.namespace, "name": r.name,
-                               "uid": pod.metadata.uid, "resourceVersion": pod.metadata.resource_version},
-            "reason": "AddedInterface",
-            "message": format!("Add {} [{}] from {}", a.attachment.ifname, ips.join(", "), a.attachment.name),
-            "type": "Normal",
-            "source": {"component": "multihome"},
-            "reportingComponent": "multihome",
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }));
-    }
-    for sent in kube.cluster.create_events(&r.namespace, &events) {
+    let events: Vec<Value> = notes
+        .iter()
+        .enumerate()
+        .map(|(i, note)| {
+            json!({
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": format!("{}.{:x}", r.name, nanos + i as u128), "namespace": r.namespace},
+                "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": r.namespace, "name": r.name,
+                                   "uid": pod.metadata.uid, "resourceVersion": pod.metadata.resource_version},
+                "reason": note.reason,
+                "message": note.message,
+                "type": if note.warning { "Warning" } else { "Normal" },
+                "source": {"component": "multihome"},
+                "reportingComponent": "multihome",
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "count": 1,
+            })
+        })
+        .collect();
+    for (sent, note) in kube
+        .cluster
+        .create_events(&r.namespace, &events)
+        .into_iter()
+        .zip(&notes)
+    {
         if let Err(e) = sent {
-            log::warn!("event AddedInterface for {}/{}: {e:#}", r.namespace, r.name);
+            log::warn!(
+                "event {} for {}/{}: {e:#}",
+                note.reason,
+                r.namespace,
+                r.name
+            );
         }
     }
 }

@@ -20,6 +20,8 @@ pub struct InCluster {
     pub host: Option<String>,
     /// `KUBERNETES_SERVICE_PORT`.
     pub port: Option<String>,
+    /// Where the service account's token and CA are; `None`: the standard directory.
+    pub service_account_dir: Option<PathBuf>,
 }
 
 impl InCluster {
@@ -29,6 +31,7 @@ impl InCluster {
         InCluster {
             host: var("KUBERNETES_SERVICE_HOST"),
             port: var("KUBERNETES_SERVICE_PORT"),
+            service_account_dir: None,
         }
     }
 
@@ -158,6 +161,12 @@ fn direct(
 pub fn access(kubeconfig: Option<&Path>, in_cluster: &InCluster) -> Result<Option<Access>> {
     match kubeconfig {
         Some(path) => Access::from_kubeconfig(path).map(Some),
-        None => Access::in_cluster(|k| in_cluster.get(k), SERVICE_ACCOUNT_DIR.as_ref()),
+        None => {
+            let dir = in_cluster
+                .service_account_dir
+                .as_deref()
+                .unwrap_or(SERVICE_ACCOUNT_DIR.as_ref());
+            Access::in_cluster(|k| in_cluster.get(k), dir)
+        }
     }
 }

@@ -1017,9 +1017,7 @@ fn the_api_stand_in_answers_as_the_real_server_does() {
         ),
         (
             "WATCH from a compacted resourceVersion",
-            get(format!(
-                "{nads}?watch=1&allowWatchBookmarks=true&resourceVersion=1&timeoutSeconds=1"
-            )),
+            get("/apis/k8s.cni.cncf.io/v1/network-attachment-definitions?watch=1&allowWatchBookmarks=true&resourceVersion=1&timeoutSeconds=1".into()),
         ),
     ];
     stand_in.compact();
@@ -1514,4 +1512,61 @@ fn the_daemon_lists_again_after_the_api_server_restarts_and_serves_from_memory()
         .collect();
     assert!(reads.is_empty(), "reads after the restart: {reads:#?}");
     c.delete("after-restart");
+}
+
+/// Hot-plug on the real node: a NAD added to a running pod's annotation appears in the pod as
+/// an interface with its address, and in network-status, within seconds; a NAD that does not
+/// exist is an event and changes nothing; the NAD removed again goes; deleting the pod releases
+/// everything, what hot-plug added included.
+#[test]
+fn hot_plug_adds_and_removes_a_nad_of_a_running_pod() {
+    let c = cluster();
+    c.start(&pod("plugged", json!({NETWORKS: "bridge-net"})));
+    assert_eq!(c.attachments("plugged").len(), 2);
+    let annotate = |value: &str| {
+        c.kubectl_ok(&[
+            "annotate",
+            "--overwrite",
+            "pod",
+            "plugged",
+            &format!("{NETWORKS}={value}"),
+        ]);
+    };
+    let started = Instant::now();
+    annotate("bridge-net, macvlan-net");
+    c.wait_until("net2 is in the pod", || {
+        c.interfaces("plugged").iter().any(|(n, _)| n == "net2")
+    });
+    let took = started.elapsed();
+    c.wait_until("network-status lists net2", || {
+        c.attachments("plugged").len() == 3
+    });
+    println!("hot-plug: annotation changed -> interface in the pod in {took:?}");
+    assert_eq!(c.attachments("plugged")[2], "default/macvlan-net net2");
+    c.wait_until("an AddedInterface event for net2", || {
+        c.events("plugged", "AddedInterface")
+            .iter()
+            .any(|m| m.starts_with("Add net2 "))
+    });
+
+    annotate("bridge-net, macvlan-net, absent-net");
+    c.wait_until("a NetworkChangeFailed event naming the NAD", || {
+        c.events("plugged", "NetworkChangeFailed")
+            .iter()
+            .any(|m| m.contains("absent-net"))
+    });
+    assert_eq!(c.attachments("plugged").len(), 3, "nothing changed");
+
+    annotate("bridge-net");
+    c.wait_until("net2 is gone", || {
+        !c.interfaces("plugged").iter().any(|(n, _)| n == "net2")
+    });
+    c.wait_until("network-status follows", || {
+        c.attachments("plugged").len() == 2
+    });
+    annotate("bridge-net, macvlan-net");
+    c.wait_until("net2 is back", || {
+        c.interfaces("plugged").iter().any(|(n, _)| n == "net2")
+    });
+    c.delete_all_released(&["plugged".to_string()], &["bridge-net", "macvlan-net"]);
 }
