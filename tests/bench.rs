@@ -623,6 +623,8 @@ fn start_daemon(b: &Bench, node: &str) -> std::process::Child {
             node,
             "--log-level",
             "error",
+            // The benchmark measures the socket; hot-plug would read the machine's config.
+            "--hotplug=false",
             "--socket",
         ])
         .arg(&b.socket)

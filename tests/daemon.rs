@@ -28,12 +28,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(k: &Kube) -> Daemon {
-        Self::start_with(k, &[])
-    }
-
-    fn start_with(k: &Kube, extra: &[&str]) -> Daemon {
         let socket = k.w.dir.join("run/multihome/daemon.sock");
         let kubeconfig = k.kubeconfig(crate::kubernetes::Auth::Token);
+        // Hot-plug reads this test's config, never the machine's.
+        let config = k.w.dir.join("multihome.conf");
+        crate::harness::write_json(&config, &conf(k, &socket));
         let child = Command::new("ip")
             .args([
                 "netns",
@@ -47,7 +46,8 @@ impl Daemon {
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .arg(format!("--metrics-address=127.0.0.1:{METRICS_PORT}"))
-            .args(extra)
+            .arg("--config")
+            .arg(&config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -352,12 +352,8 @@ fn a_call_reads_the_api_itself_when_the_daemon_is_gone_dead_unready_foreign_stuc
 fn hot_plug_follows_the_networks_annotation_of_a_running_pod() {
     let k = Kube::new("dmplug");
     let uid = k.pod("web", json!({NETWORKS: "macvlan-net@storage0"}));
-    let conf_file = k.w.dir.join("multihome.conf");
     let d = Daemon::start(&k);
     let conf = conf(&k, &d.socket);
-    crate::harness::write_json(&conf_file, &conf);
-    drop(d);
-    let d = Daemon::start_with(&k, &["--config", conf_file.to_str().unwrap()]);
     d.wait_ready();
     k.run("ADD", &conf, "web", &uid).success();
     assert_eq!(k.w.pod.links(), ["eth0", "storage0"]);
@@ -443,6 +439,30 @@ fn hot_plug_follows_the_networks_annotation_of_a_running_pod() {
     wait_until("the daemon counts both changes", || d.metric(ok) >= 2.0);
 
     // The pod's DEL releases what hot-plug added too.
+    k.run("DEL", &conf, "web", &uid).success();
+    k.assert_clean();
+}
+
+/// A change made while no daemon ran is caught up with when one starts: its first list has no
+/// earlier state to compare with, so every pod of its node is checked against its record.
+#[test]
+fn hot_plug_catches_up_with_a_change_made_while_no_daemon_ran() {
+    let k = Kube::new("dmcatch");
+    let uid = k.pod("web", json!({NETWORKS: "macvlan-net@storage0"}));
+    let socket = k.w.dir.join("run/multihome/daemon.sock");
+    let conf = conf(&k, &socket);
+    k.run("ADD", &conf, "web", &uid).success();
+    assert_eq!(k.w.pod.links(), ["eth0", "storage0"]);
+    k.api.set_annotations(
+        NS,
+        "web",
+        json!({NETWORKS: "macvlan-net@storage0, ptp-net"}),
+    );
+    let d = Daemon::start(&k);
+    d.wait_ready();
+    wait_until("net2 appears", || {
+        k.w.pod.links() == ["eth0", "net2", "storage0"]
+    });
     k.run("DEL", &conf, "web", &uid).success();
     k.assert_clean();
 }

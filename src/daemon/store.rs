@@ -74,20 +74,24 @@ fn key(meta: &ObjectMeta) -> Key {
 }
 
 impl<T: Cached> Objects<T> {
-    /// Replaces everything with a fresh list; returns the objects that were there before and
-    /// whose [`Cached::plugs`] changed meanwhile.
+    /// Replaces everything with a fresh list; returns the objects whose [`Cached::plugs`]
+    /// changed meanwhile: on the first list, every object (what changed while no daemon watched
+    /// is not known), then those that were there before and changed.
     pub fn replace(&mut self, listed: Listed<T>) -> Vec<Key> {
         let items: HashMap<Key, T> = listed
             .items
             .into_iter()
             .map(|o| (key(o.meta()), o))
             .collect();
+        let first = !self.listed;
         let changed = items
             .iter()
             .filter(|(k, o)| {
-                self.items
-                    .get(*k)
-                    .is_some_and(|old| old.plugs() != o.plugs())
+                first
+                    || self
+                        .items
+                        .get(*k)
+                        .is_some_and(|old| old.plugs() != o.plugs())
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -169,10 +173,19 @@ mod tests {
     fn a_list_then_events_keep_the_objects_and_where_to_resume() {
         let mut o = Objects::default();
         assert!(!o.ready(), "not ready before the first list");
-        o.replace(Listed {
+        let mut first = o.replace(Listed {
             items: vec![pod("a", "5", "n1"), pod("b", "6", "n1")],
             resource_version: "10".into(),
         });
+        first.sort();
+        assert_eq!(
+            first,
+            [
+                ("ns".to_string(), "a".to_string()),
+                ("ns".to_string(), "b".to_string())
+            ],
+            "the first list: changes made while nobody watched are not known"
+        );
         assert!(o.ready());
         assert_eq!(o.resource_version, "10");
         let a = ("ns".to_string(), "a".to_string());
