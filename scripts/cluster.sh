@@ -398,9 +398,26 @@ down() {
         sleep 0.5
         ip netns del "$ns" 2>/dev/null || true
     fi
+    # What is left of the node, found by what is its alone: processes in the cgroups of its
+    # containers (one whose task containerd no longer listed sits in a pod's own network
+    # namespace, out of reach of the kill above) and processes working in its directory (a
+    # shim whose namespace is gone).
+    local ids id procs p
+    ids=$(cat "$work/containers" 2>/dev/null || true
+        ls "$work/containerd/state/io.containerd.runtime.v2.task/k8s.io" 2>/dev/null || true)
+    for id in $ids; do
+        for procs in $(find /sys/fs/cgroup -path "*/k8s.io/$id/cgroup.procs" 2>/dev/null); do
+            xargs -r kill -9 <"$procs" 2>/dev/null || true
+        done
+    done
+    for p in /proc/[0-9]*; do
+        case $(readlink "$p/cwd" 2>/dev/null) in
+            "$work"/*) kill -9 "${p#/proc/}" 2>/dev/null || true ;;
+        esac
+    done
+    sleep 0.5
     # The cgroups runc made for the node's containers (cgroupfs), once empty.
-    local id
-    for id in $(cat "$work/containers" 2>/dev/null); do
+    for id in $ids; do
         find /sys/fs/cgroup -depth -type d -name "$id" -exec rmdir {} + 2>/dev/null || true
     done
     if [ -e "$work/made-k8s.io-cgroups" ]; then
