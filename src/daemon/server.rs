@@ -52,10 +52,6 @@ impl Cluster for Served<'_> {
         self.0.api.client().create_event(namespace, event)
     }
 
-    fn get_nads(&self, keys: &[(String, String)]) -> Vec<Result<NadReply>> {
-        keys.iter().map(|(ns, n)| self.get_nad(ns, n)).collect()
-    }
-
     fn create_events(&self, namespace: &str, events: &[Value]) -> Vec<Result<()>> {
         self.0.api.client().create_events(namespace, events)
     }

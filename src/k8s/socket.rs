@@ -338,6 +338,11 @@ impl<'a> Asked<'a> {
     }
 }
 
+/// `n` answers of a batch that failed as a whole, each saying why.
+fn every_one_fails<T>(n: usize, e: &anyhow::Error) -> Vec<Result<T>> {
+    (0..n).map(|_| Err(anyhow::anyhow!("{e:#}"))).collect()
+}
+
 /// A reply that is not the one asked for.
 fn unexpected(reply: Reply) -> anyhow::Error {
     match reply {
@@ -377,11 +382,11 @@ impl Cluster for Asked<'_> {
                 .collect(),
             Some(other) => {
                 let e = unexpected(other);
-                keys.iter().map(|_| Err(anyhow::anyhow!("{e:#}"))).collect()
+                every_one_fails(keys.len(), &e)
             }
             None => match self.api() {
                 Ok(api) => api.get_nads(keys),
-                Err(e) => keys.iter().map(|_| Err(anyhow::anyhow!("{e:#}"))).collect(),
+                Err(e) => every_one_fails(keys.len(), &e),
             },
         }
     }
@@ -417,10 +422,7 @@ impl Cluster for Asked<'_> {
         }
         match self.api() {
             Ok(api) => api.create_events(namespace, events),
-            Err(e) => events
-                .iter()
-                .map(|_| Err(anyhow::anyhow!("{e:#}")))
-                .collect(),
+            Err(e) => every_one_fails(events.len(), &e),
         }
     }
 }
