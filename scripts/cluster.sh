@@ -56,12 +56,22 @@ wait_for() {
     done
 }
 
-# Starts "${@:2}" in the background as $1, its output appended to logs/$1.log, its PID
-# remembered.
+# The CPU cgroup of the node's own services (etcd, the control plane, containerd and what it
+# runs, kubelet), as systemd's system.slice is on a real node: together they weigh as one
+# against the pods' cgroups (k8s.io) instead of each thread of theirs weighing as much as all
+# pods together, which starved the pods (the multihome daemon among them) during bursts.
+node_cgroup=/sys/fs/cgroup/cpu/multihome-node
+
+# Starts "${@:2}" in the background as $1, in the node's CPU cgroup, its output appended to
+# logs/$1.log, its PID remembered.
 start() {
     local name=$1
     shift
-    "$@" >>"$work/logs/$name.log" 2>&1 &
+    (
+        [ ! -d "$node_cgroup" ] || echo "$BASHPID" >"$node_cgroup/cgroup.procs"
+        # A function (in_node) runs in this subshell, as it did when started with '&'.
+        if declare -F "$1" >/dev/null; then "$@"; else exec "$@"; fi
+    ) >>"$work/logs/$name.log" 2>&1 &
     echo $! >"$work/pids/$name"
 }
 
@@ -244,6 +254,8 @@ up() {
     # containerd makes a k8s.io cgroup in each hierarchy; removed again at 'down' unless it was
     # there before.
     [ -d /sys/fs/cgroup/cpu/k8s.io ] || touch "$work/made-k8s.io-cgroups"
+    # Without a cgroup v1 CPU hierarchy the services stay where they are.
+    [ ! -d /sys/fs/cgroup/cpu ] || mkdir -p "$node_cgroup"
 
     # The node's network: a veth pair of its own carries the node address.
     local ns="mhk-$$-$RANDOM"
@@ -422,6 +434,12 @@ down() {
     done
     if [ -e "$work/made-k8s.io-cgroups" ]; then
         find /sys/fs/cgroup/*/k8s.io -depth -type d -exec rmdir {} + 2>/dev/null || true
+    fi
+    # The services' cgroup, empty once they are stopped (what is left in it is the node's).
+    if [ -d "$node_cgroup" ]; then
+        xargs -r kill -9 <"$node_cgroup/cgroup.procs" 2>/dev/null || true
+        sleep 0.2
+        rmdir "$node_cgroup" 2>/dev/null || log "could not remove $node_cgroup"
     fi
     rm -rf "$work"
     log "down"

@@ -108,7 +108,7 @@ pub fn run(env: CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
         );
     }
     // The daemon's metrics count the call where it happened; nothing waits for it.
-    if let Some((socket, unused)) = reach.daemon() {
+    if let Some((socket, seen)) = reach.daemon() {
         let report = Report {
             command: inv.env.command.as_str().to_string(),
             code: outcome
@@ -116,7 +116,8 @@ pub fn run(env: CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
                 .err()
                 .map(|e| CniError::from_anyhow(e).code),
             seconds: start.elapsed().as_secs_f64(),
-            unused,
+            unused: seen.unused.get(),
+            daemon_wait: seen.longest.get().map(|d| d.as_secs_f64()),
             delegates: inv
                 .timings
                 .take()

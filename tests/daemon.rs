@@ -191,6 +191,9 @@ fn a_call_asks_the_daemon_and_the_api_server_reads_nothing_for_it() {
         d.metric("multihome_cni_fallbacks_total{reason=\"timeout\"}"),
         0.0
     );
+    // The call told how long it waited for the daemon's answers (hello, pod, NADs).
+    assert_eq!(d.metric("multihome_cni_daemon_wait_seconds_count"), 1.0);
+    assert!(d.metric("multihome_cni_daemon_wait_seconds_sum") > 0.0);
 
     k.run("DEL", &conf, "web", &uid).success();
     k.assert_clean();

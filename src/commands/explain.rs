@@ -171,7 +171,8 @@ pub fn explain(args: Args) -> Result<ExitCode> {
         .pod
         .as_ref()
         .and_then(|_| reach.daemon())
-        .map(|(socket, unused)| {
+        .map(|(socket, seen)| {
+            let unused = seen.unused.get();
             json!({"socket": socket.path, "answered": unused.is_none(),
                    "reason": unused.map(Unused::as_str)})
         });

@@ -16,7 +16,7 @@ use super::Daemon;
 use super::reflector::read;
 use super::server::Served;
 use super::store::Key as PodKey;
-use crate::cache::{Cache, Key};
+use crate::cache::{Cache, Key, Record};
 use crate::config::{NetConf, RUNTIME_CONF_DIR, runtime_config};
 use crate::flows;
 use crate::k8s::Reach;
@@ -41,46 +41,77 @@ impl Job {
 
 /// Takes the changes from `jobs` until the daemon ends; `again` puts a retry back in line.
 /// `config` is multihome's config (`None`: the one a runtime would use), read anew for each
-/// change: the installer rewrites it.
+/// batch of changes: the installer rewrites it.
 pub fn work(
     daemon: &Arc<Daemon>,
     config: Option<PathBuf>,
     jobs: Receiver<Job>,
     again: Sender<Job>,
 ) {
-    for mut job in jobs {
-        job.tried += 1;
-        let (namespace, name) = &job.pod;
-        let busy = daemon.in_flight.busy();
-        let outcome = plug(daemon, config.as_deref(), &job.pod);
-        drop(busy);
-        match outcome {
-            Ok(changed) => {
-                daemon.metrics.hotplug("ok");
-                if changed {
-                    log::info!("hot-plug of pod {namespace}/{name} done");
-                }
+    while let Ok(first) = jobs.recv() {
+        // The changes waiting now go with it, so that the records are read once for all of
+        // them: at start-up every pod of the node is one.
+        let mut batch: Vec<Job> = vec![first];
+        for job in jobs.try_iter() {
+            if !batch.iter().any(|b| b.pod == job.pod) {
+                batch.push(job);
             }
-            Err(e) if job.tried < TRIES => {
-                daemon.metrics.hotplug("retry");
-                let wait = RETRY * 2u32.pow(job.tried - 1);
-                log::warn!("hot-plug of pod {namespace}/{name}: {e:#} (again in {wait:?})");
-                let again = again.clone();
-                std::thread::spawn(move || {
-                    std::thread::sleep(wait);
-                    let _ = again.send(job);
-                });
-            }
-            Err(e) => {
-                daemon.metrics.hotplug("error");
-                log::error!("hot-plug of pod {namespace}/{name}: {e:#} (given up)");
-            }
+        }
+        let _busy = daemon.in_flight.busy();
+        let found = attachments(config.as_deref());
+        for job in batch {
+            let outcome = match &found {
+                Ok((conf, records)) => plug(daemon, conf, records, &job.pod),
+                Err(e) => Err(anyhow::anyhow!("{e:#}")),
+            };
+            settle(daemon, job, outcome, &again);
         }
     }
 }
 
-/// Brings every record of `pod` in line with its annotation; whether anything changed.
-fn plug(daemon: &Daemon, config: Option<&std::path::Path>, pod: &PodKey) -> Result<bool> {
+/// Counts how a try of `job` went, and puts it back in line for a later try when it failed
+/// and has tries left.
+fn settle(daemon: &Daemon, mut job: Job, outcome: Result<bool>, again: &Sender<Job>) {
+    job.tried += 1;
+    let (namespace, name) = &job.pod;
+    match outcome {
+        Ok(changed) => {
+            daemon.metrics.hotplug("ok");
+            if changed {
+                log::info!("hot-plug of pod {namespace}/{name} done");
+            }
+        }
+        Err(e) if job.tried < TRIES => {
+            daemon.metrics.hotplug("retry");
+            let wait = RETRY * 2u32.pow(job.tried - 1);
+            log::warn!("hot-plug of pod {namespace}/{name}: {e:#} (again in {wait:?})");
+            let again = again.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(wait);
+                let _ = again.send(job);
+            });
+        }
+        Err(e) => {
+            daemon.metrics.hotplug("error");
+            log::error!("hot-plug of pod {namespace}/{name}: {e:#} (given up)");
+        }
+    }
+}
+
+/// multihome's config (`config`, or the runtime's), read anew: the installer rewrites it; and
+/// the records of the attachments on the node.
+fn attachments(config: Option<&std::path::Path>) -> Result<(NetConf, Vec<Record>)> {
+    let (file, bytes) = runtime_config(config, RUNTIME_CONF_DIR.as_ref())?;
+    let conf =
+        NetConf::parse(&bytes).with_context(|| format!("multihome config {}", file.display()))?;
+    let records = Cache::new(&conf.cni_dir).records()?;
+    let records = records.into_iter().filter_map(|(_, r)| r.ok()).collect();
+    Ok((conf, records))
+}
+
+/// Brings every record of `pod` among `records` in line with its annotation; whether anything
+/// changed.
+fn plug(daemon: &Daemon, conf: &NetConf, records: &[Record], pod: &PodKey) -> Result<bool> {
     let Some(uid) = read(&daemon.pods)
         .items
         .get(pod)
@@ -88,14 +119,10 @@ fn plug(daemon: &Daemon, config: Option<&std::path::Path>, pod: &PodKey) -> Resu
     else {
         return Ok(false);
     };
-    let (file, bytes) = runtime_config(config, RUNTIME_CONF_DIR.as_ref())?;
-    let conf =
-        NetConf::parse(&bytes).with_context(|| format!("multihome config {}", file.display()))?;
-    let records = Cache::new(&conf.cni_dir).records()?;
     let served = Served(daemon);
     let reach = Reach::Given(&served);
     let mut changed = false;
-    for record in records.into_iter().filter_map(|(_, r)| r.ok()) {
+    for record in records {
         let of_pod = record.attachments.first().is_some_and(|a| {
             a.attachment
                 .cni_args
@@ -110,7 +137,7 @@ fn plug(daemon: &Daemon, config: Option<&std::path::Path>, pod: &PodKey) -> Resu
             container_id: record.container_id.clone(),
             ifname: record.ifname.clone(),
         };
-        let plugged = flows::hotplug(&conf, &key, &reach)?;
+        let plugged = flows::hotplug(conf, &key, &reach)?;
         for a in &plugged.added {
             log::info!("pod {}/{}: added {a}", pod.0, pod.1);
         }

@@ -24,6 +24,8 @@ pub struct Metrics {
     registry: Registry,
     cni_duration: Family<Labels<2>, Histogram, fn() -> Histogram>,
     delegate_duration: Family<Labels<4>, Histogram, fn() -> Histogram>,
+    daemon_wait: Histogram,
+    cache_misses: Counters<1>,
     cni_errors: Counters<1>,
     fallbacks: Counters<1>,
     requests: Counters<2>,
@@ -46,6 +48,9 @@ impl Default for Metrics {
             registry: Registry::with_prefix("multihome"),
             cni_duration: Family::new_with_constructor(cni_buckets),
             delegate_duration: Family::new_with_constructor(cni_buckets),
+            // 0.1 ms to about 0.8 s: around any sensible daemonTimeout.
+            daemon_wait: Histogram::new(exponential_buckets(0.0001, 2.0, 14)),
+            cache_misses: Counters::default(),
             cni_errors: Counters::default(),
             fallbacks: Counters::default(),
             requests: Counters::default(),
@@ -66,6 +71,18 @@ impl Default for Metrics {
             "delegate_duration_seconds",
             "Plugin calls of the CNI calls on this node, by network, plugin, command and result",
             m.delegate_duration.clone(),
+        );
+        r.register(
+            "cni_daemon_wait_seconds",
+            "The longest each CNI call that asked the daemon waited for one of its answers \
+             (hello or read from the cache); calls near daemonTimeout fall back",
+            m.daemon_wait.clone(),
+        );
+        r.register(
+            "cache_misses",
+            "Pods and NADs asked for that the watch had not delivered: read from the API \
+             server by the daemon, by resource",
+            m.cache_misses.clone(),
         );
         r.register(
             "cni_errors",
@@ -142,11 +159,21 @@ impl Metrics {
                 .get_or_create(&[("code", code.to_string())])
                 .inc();
         }
+        if let Some(waited) = report.daemon_wait {
+            self.daemon_wait.observe(waited);
+        }
         if let Some(why) = report.unused {
             self.fallbacks
                 .get_or_create(&[("reason", why.as_str().to_string())])
                 .inc();
         }
+    }
+
+    /// A pod or NAD asked for was not in the cache: read live.
+    pub fn cache_miss(&self, resource: &str) {
+        self.cache_misses
+            .get_or_create(&[("resource", resource.to_string())])
+            .inc();
     }
 
     /// A request over the socket.
@@ -307,7 +334,12 @@ mod tests {
     #[test]
     fn reports_become_prometheus_series() {
         let m = Metrics::default();
-        for (code, unused) in [(None, None), (None, Some(Unused::Unready)), (Some(7), None)] {
+        let calls = [
+            (None, None, Some(0.0003)),
+            (None, Some(Unused::Unready), Some(0.002)),
+            (Some(7), None, None),
+        ];
+        for (code, unused, daemon_wait) in calls {
             m.report(&Report {
                 command: "ADD".into(),
                 code,
@@ -320,6 +352,7 @@ mod tests {
                     seconds: 0.004,
                     ok: code.is_none(),
                 }],
+                daemon_wait,
             });
         }
         let text = m.encode(&[("pods", 3, Some(Duration::from_secs(2)))]);
@@ -330,6 +363,8 @@ mod tests {
             "multihome_cni_errors_total{code=\"7\"} 1",
             "multihome_delegate_duration_seconds_count{network=\"default/bridge-net\",plugin=\"bridge\",command=\"ADD\",result=\"success\"} 2",
             "multihome_cni_fallbacks_total{reason=\"unready\"} 1",
+            "multihome_cni_daemon_wait_seconds_count 2",
+            "multihome_cni_daemon_wait_seconds_bucket{le=\"0.0004\"} 1",
             "multihome_cache_objects{resource=\"pods\"} 3.0",
             "multihome_cache_sync_age_seconds{resource=\"pods\"} 2.0",
         ] {

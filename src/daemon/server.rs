@@ -31,7 +31,10 @@ impl Cluster for Served<'_> {
         if let Some(pod) = read(&self.0.pods).items.get(&key) {
             return Ok(Some(pod.clone()));
         }
-        log::info!("pod {namespace}/{name} is not in the cache yet: reading it live");
+        log::info!(
+            "pod {namespace}/{name} is not in the cache (not delivered yet, or gone): reading it live"
+        );
+        self.0.metrics.cache_miss("pods");
         self.0.api.client().get_pod(namespace, name)
     }
 
@@ -41,6 +44,7 @@ impl Cluster for Served<'_> {
             return Ok(NadReply::Found(nad.clone()));
         }
         // Missing, or created an instant ago: the API server says which.
+        self.0.metrics.cache_miss("network-attachment-definitions");
         self.0.api.client().get_nad(namespace, name)
     }
 
@@ -57,10 +61,14 @@ impl Cluster for Served<'_> {
     }
 }
 
-/// Work in progress that SIGTERM waits for: open connections and events still being posted.
+/// Work in progress that SIGTERM waits for: open connections, events still being posted, a
+/// hot-plug.
 #[derive(Default)]
 pub struct InFlight {
     count: AtomicUsize,
+    /// Of `count`, the open connections: only they are bounded (events are posted whatever
+    /// the number of calls being answered).
+    connections: AtomicUsize,
     /// SIGTERM came: no new connection is served.
     pub stopping: AtomicBool,
 }
@@ -73,17 +81,38 @@ impl InFlight {
 
     /// One piece of work in progress, for as long as the guard lives.
     pub fn busy(&self) -> Busy<'_> {
+        self.guard(false)
+    }
+
+    /// One connection served, for as long as the guard lives.
+    fn connection(&self) -> Busy<'_> {
+        self.guard(true)
+    }
+
+    fn guard(&self, connection: bool) -> Busy<'_> {
         self.count.fetch_add(1, Ordering::SeqCst);
-        Busy(self)
+        if connection {
+            self.connections.fetch_add(1, Ordering::SeqCst);
+        }
+        Busy {
+            in_flight: self,
+            connection,
+        }
     }
 }
 
 /// Counts one piece of work in progress while it lives.
-pub struct Busy<'a>(&'a InFlight);
+pub struct Busy<'a> {
+    in_flight: &'a InFlight,
+    connection: bool,
+}
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.0.count.fetch_sub(1, Ordering::SeqCst);
+        self.in_flight.count.fetch_sub(1, Ordering::SeqCst);
+        if self.connection {
+            self.in_flight.connections.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -92,7 +121,7 @@ pub fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         if daemon.in_flight.stopping.load(Ordering::SeqCst)
-            || daemon.in_flight.count() >= CONNECTIONS
+            || daemon.in_flight.connections.load(Ordering::SeqCst) >= CONNECTIONS
         {
             // Dropped unanswered: the caller reads the API itself.
             daemon.metrics.request("connect", false);
@@ -100,7 +129,7 @@ pub fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
         }
         let daemon = Arc::clone(&daemon);
         std::thread::spawn(move || {
-            let _busy = daemon.in_flight.busy();
+            let _busy = daemon.in_flight.connection();
             if let Err(e) = connection(stream, &daemon) {
                 log::debug!("socket connection: {e}");
             }
@@ -191,4 +220,28 @@ fn post_events(daemon: &Arc<Daemon>, namespace: String, events: Vec<Value>) {
         }
         daemon.metrics.request("events", ok);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_connections_count_against_the_connection_bound() {
+        let in_flight = InFlight::default();
+        let events = in_flight.busy();
+        let call = in_flight.connection();
+        assert_eq!(in_flight.count(), 2);
+        assert_eq!(in_flight.connections.load(Ordering::SeqCst), 1);
+        drop(call);
+        assert_eq!(
+            (
+                in_flight.count(),
+                in_flight.connections.load(Ordering::SeqCst)
+            ),
+            (1, 0)
+        );
+        drop(events);
+        assert_eq!(in_flight.count(), 0);
+    }
 }

@@ -2,7 +2,6 @@
 //! the flows, which never look at the process environment themselves. Through the node daemon
 //! when one answers, else the API server itself.
 
-use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -10,7 +9,7 @@ use anyhow::Result;
 use super::access::{Access, SERVICE_ACCOUNT_DIR};
 use super::client::{Client, Timeouts};
 use super::cluster::Cluster;
-use super::socket::{Asked, DaemonSocket, Link, Unused};
+use super::socket::{Asked, DaemonSocket, Link, Seen};
 
 /// The in-cluster environment of a pod's process (`KUBERNETES_SERVICE_HOST`/`_PORT`), as the
 /// entry point read it.
@@ -60,8 +59,8 @@ pub enum Reach<'a> {
         timeouts: Timeouts,
         /// The node daemon to ask first (`daemonSocket`).
         daemon: Option<DaemonSocket>,
-        /// Why the call did not use the daemon (set when it was to be asked and was not).
-        unused: Cell<Option<Unused>>,
+        /// What the call saw of the daemon: why it did not use it, how long it waited.
+        seen: Seen,
     },
     /// A cluster the entry point already has (NADs given by hand; the daemon's cache).
     Given(&'a dyn Cluster),
@@ -86,18 +85,18 @@ impl Reach<'_> {
             in_cluster,
             timeouts,
             daemon,
-            unused: Cell::new(None),
+            seen: Seen::default(),
         }
     }
 
-    /// The daemon this call was to ask, and why it did not when it did not.
-    pub fn daemon(&self) -> Option<(&DaemonSocket, Option<Unused>)> {
+    /// The daemon this call was to ask, and what the call saw of it.
+    pub fn daemon(&self) -> Option<(&DaemonSocket, &Seen)> {
         match self {
             Reach::Api {
                 daemon: Some(d),
-                unused,
+                seen,
                 ..
-            } => Some((d, unused.get())),
+            } => Some((d, seen)),
             _ => None,
         }
     }
@@ -117,14 +116,14 @@ impl Reach<'_> {
                 in_cluster,
                 timeouts,
                 daemon,
-                unused,
+                seen,
             } => {
                 let direct = move || direct(kubeconfig.as_deref(), in_cluster, *timeouts);
                 if let Some(socket) = daemon {
-                    match Link::open(socket) {
+                    match seen.timed(|| Link::open(socket)) {
                         Ok(link) => {
                             let asked =
-                                Asked::new(link, socket, timeouts.total, unused, Box::new(direct));
+                                Asked::new(link, socket, timeouts.total, seen, Box::new(direct));
                             return Ok(Some(Box::new(asked)));
                         }
                         Err(why) => {
@@ -133,7 +132,7 @@ impl Reach<'_> {
                                 socket.path.display(),
                                 why.as_str()
                             );
-                            unused.set(Some(why));
+                            seen.unused.set(Some(why));
                         }
                     }
                 }

@@ -11,7 +11,7 @@ use std::cell::{Cell, OnceCell, RefCell};
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -116,6 +116,10 @@ pub struct Report {
     /// Each plugin call it made.
     #[serde(default)]
     pub delegates: Vec<DelegateCall>,
+    /// The longest it waited for one answer of the daemon (its hello or a read from its
+    /// cache), in seconds; `None` when it did not ask. How close calls come to `daemonTimeout`.
+    #[serde(default)]
+    pub daemon_wait: Option<f64>,
 }
 
 /// How long one plugin call of a CNI call took.
@@ -131,6 +135,28 @@ pub struct DelegateCall {
     pub seconds: f64,
     /// It succeeded.
     pub ok: bool,
+}
+
+/// What one call saw of the daemon, for its report.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Why the call did not (or stopped to) ask the daemon.
+    pub unused: Cell<Option<Unused>>,
+    /// The longest the call waited for one answer (hello or read); `None`: it never asked.
+    pub longest: Cell<Option<Duration>>,
+}
+
+impl Seen {
+    /// Runs `ask`, counting how long it waited.
+    pub fn timed<T>(&self, ask: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let answer = ask();
+        let waited = start.elapsed();
+        if self.longest.get().is_none_or(|l| waited > l) {
+            self.longest.set(Some(waited));
+        }
+        answer
+    }
 }
 
 /// Why a call did not (or stopped to) ask the daemon.
@@ -275,8 +301,8 @@ pub struct Asked<'a> {
     write_wait: Duration,
     direct: Box<dyn Fn() -> Result<Option<Client>> + 'a>,
     api: OnceCell<Client>,
-    /// Why the call stopped asking the daemon, for its report.
-    unused: &'a Cell<Option<Unused>>,
+    /// What the call saw of the daemon, for its report.
+    seen: &'a Seen,
 }
 
 impl<'a> Asked<'a> {
@@ -285,7 +311,7 @@ impl<'a> Asked<'a> {
         link: Link,
         socket: &'a DaemonSocket,
         write_wait: Duration,
-        unused: &'a Cell<Option<Unused>>,
+        seen: &'a Seen,
         direct: Box<dyn Fn() -> Result<Option<Client>> + 'a>,
     ) -> Asked<'a> {
         Asked {
@@ -294,8 +320,13 @@ impl<'a> Asked<'a> {
             write_wait,
             direct,
             api: OnceCell::new(),
-            unused,
+            seen,
         }
+    }
+
+    /// The daemon's answer from its cache to `request`, within the socket's wait.
+    fn read(&self, request: &Request) -> Option<Reply> {
+        self.seen.timed(|| self.ask(request, self.socket.wait))
     }
 
     /// The daemon's reply to `request`, or `None` once it has failed this call.
@@ -323,7 +354,7 @@ impl<'a> Asked<'a> {
             why.as_str()
         );
         *link = None;
-        self.unused.set(Some(why));
+        self.seen.unused.set(Some(why));
     }
 
     /// The API, connected on first use.
@@ -357,7 +388,7 @@ impl Cluster for Asked<'_> {
             namespace: namespace.to_string(),
             name: name.to_string(),
         };
-        match self.ask(&request, self.socket.wait) {
+        match self.read(&request) {
             Some(Reply::Pod(pod)) => Ok(pod),
             Some(other) => Err(unexpected(other)),
             None => self.api()?.get_pod(namespace, name),
@@ -375,7 +406,7 @@ impl Cluster for Asked<'_> {
         let request = Request::Nads {
             keys: keys.to_vec(),
         };
-        match self.ask(&request, self.socket.wait) {
+        match self.read(&request) {
             Some(Reply::Nads(replies)) if replies.len() == keys.len() => replies
                 .into_iter()
                 .map(|r| r.map_err(anyhow::Error::from))

@@ -1372,6 +1372,22 @@ fn twenty_pods_at_once_with_the_daemon_read_nothing_and_are_counted() {
         .iter()
         .filter(|r| r.what.starts_with("get "))
         .collect();
+    let fallbacks: Vec<String> = c
+        .metrics()
+        .lines()
+        .filter(|l| {
+            [
+                "multihome_cni_fallbacks_total",
+                "multihome_cache_misses_total",
+                "multihome_cni_daemon_wait_seconds",
+                "multihome_api_requests_total{verb=\"GET\"",
+            ]
+            .iter()
+            .any(|s| l.starts_with(s))
+        })
+        .map(str::to_string)
+        .collect();
+    println!("the daemon's counts after the burst: {fallbacks:#?}");
     assert!(reads.is_empty(), "reads for the burst: {reads:#?}");
     let patches = requests
         .iter()
