@@ -28,7 +28,7 @@ struct Daemon {
 
 impl Daemon {
     fn start(k: &Kube) -> Daemon {
-        let socket = k.w.dir.join("run/multihome/daemon.sock");
+        let socket = socket_of(k);
         let kubeconfig = k.kubeconfig(crate::kubernetes::Auth::Token);
         // Hot-plug reads this test's config, never the machine's.
         let config = k.w.dir.join("multihome.conf");
@@ -200,11 +200,12 @@ fn a_call_asks_the_daemon_and_the_api_server_reads_nothing_for_it() {
     let (ok, stderr) = d.stop();
     assert!(ok, "{stderr}");
     assert!(stderr.contains("drained"), "{stderr}");
-    assert!(!d_socket_exists(&k), "SIGTERM removes the socket");
+    assert!(!socket_of(&k).exists(), "SIGTERM removes the socket");
 }
 
-fn d_socket_exists(k: &Kube) -> bool {
-    k.w.dir.join("run/multihome/daemon.sock").exists()
+/// Where this test's daemon listens.
+fn socket_of(k: &Kube) -> PathBuf {
+    k.w.dir.join("run/multihome/daemon.sock")
 }
 
 #[test]
@@ -452,8 +453,7 @@ fn hot_plug_follows_the_networks_annotation_of_a_running_pod() {
 fn hot_plug_catches_up_with_a_change_made_while_no_daemon_ran() {
     let k = Kube::new("dmcatch");
     let uid = k.pod("web", json!({NETWORKS: "macvlan-net@storage0"}));
-    let socket = k.w.dir.join("run/multihome/daemon.sock");
-    let conf = conf(&k, &socket);
+    let conf = conf(&k, &socket_of(&k));
     k.run("ADD", &conf, "web", &uid).success();
     assert_eq!(k.w.pod.links(), ["eth0", "storage0"]);
     k.api.set_annotations(

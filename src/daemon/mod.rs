@@ -130,19 +130,18 @@ pub fn run(opts: &Options, stop: impl FnOnce() -> Result<String>) -> Result<()> 
         path: "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions".into(),
         query: String::new(),
     };
-    let (jobs, queue) = std::sync::mpsc::channel::<hotplug::Job>();
-    if opts.hotplug {
-        let (d, config) = (Arc::clone(&daemon), opts.config.clone());
-        let again = jobs.clone();
+    // The hot-plug worker's line, when there is one.
+    let jobs = opts.hotplug.then(|| {
+        let (jobs, queue) = std::sync::mpsc::channel::<hotplug::Job>();
+        let (d, config, again) = (Arc::clone(&daemon), opts.config.clone(), jobs.clone());
         std::thread::spawn(move || hotplug::work(&d, config, queue, again));
-    }
+        jobs
+    });
     {
         let d = Arc::clone(&daemon);
-        let hotplug = opts.hotplug;
         std::thread::spawn(move || {
-            // Without a worker the jobs are dropped unread.
             let changed = |pod| {
-                if hotplug {
+                if let Some(jobs) = &jobs {
                     let _ = jobs.send(hotplug::Job::new(pod));
                 }
             };

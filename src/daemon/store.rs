@@ -86,13 +86,7 @@ impl<T: Cached> Objects<T> {
         let first = !self.listed;
         let changed = items
             .iter()
-            .filter(|(k, o)| {
-                first
-                    || self
-                        .items
-                        .get(*k)
-                        .is_some_and(|old| old.plugs() != o.plugs())
-            })
+            .filter(|(k, o)| first || self.replugged(k, o))
             .map(|(k, _)| k.clone())
             .collect();
         self.items = items;
@@ -111,11 +105,7 @@ impl<T: Cached> Objects<T> {
             WatchEvent::Added(o) | WatchEvent::Modified(o) => {
                 let rv = o.meta().resource_version.clone();
                 let k = key(o.meta());
-                if self
-                    .items
-                    .get(&k)
-                    .is_some_and(|old| old.plugs() != o.plugs())
-                {
+                if self.replugged(&k, &o) {
                     changed = Some(k.clone());
                 }
                 self.items.insert(k, o);
@@ -133,6 +123,13 @@ impl<T: Cached> Objects<T> {
         }
         self.seen();
         changed
+    }
+
+    /// `o` was cached under `k` before, with other [`Cached::plugs`].
+    fn replugged(&self, k: &Key, o: &T) -> bool {
+        self.items
+            .get(k)
+            .is_some_and(|old| old.plugs() != o.plugs())
     }
 
     /// The watch is established, or ended in order: what the cache holds is current.
